@@ -1,0 +1,40 @@
+/**
+ * The admin listener: probes and, later, metrics and the routes API. Liveness never depends on the token endpoint
+ * or the store (an IdP outage must not restart-loop pods); readiness is documented in docs/operations.md.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+
+export interface Readiness {
+  ready: boolean;
+  checks: Record<string, 'ok' | 'degraded' | 'failing' | string>;
+}
+
+export interface AdminRoutes {
+  readiness(): Readiness;
+  /** Extra handlers (metrics, routes API); return false when the path is not theirs. */
+  extra?: (req: IncomingMessage, res: ServerResponse) => boolean | Promise<boolean>;
+}
+
+export function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' });
+  res.end(text);
+}
+
+export function createAdminServer(routes: AdminRoutes): Server {
+  return createServer((req, res) => {
+    void (async () => {
+      const path = (req.url ?? '/').split('?')[0];
+      if (req.method === 'GET' && path === '/healthz') return sendJson(res, 200, { status: 'ok' });
+      if (req.method === 'GET' && path === '/readyz') {
+        const r = routes.readiness();
+        return sendJson(res, r.ready ? 200 : 503, { status: r.ready ? 'ready' : 'not ready', checks: r.checks });
+      }
+      if (routes.extra && (await routes.extra(req, res))) return;
+      sendJson(res, 404, { error: 'not found' });
+    })().catch(() => {
+      if (!res.headersSent) sendJson(res, 500, { error: 'internal error' });
+      else res.destroy();
+    });
+  });
+}

@@ -1,0 +1,223 @@
+/**
+ * routes.yaml → Config. Every problem (YAML syntax, schema, unset env vars, unreadable files, insecure URLs) is
+ * collected with its path and reported together, so one `validate` run shows everything to fix.
+ */
+import { readFile } from 'node:fs/promises';
+import { isAbsolute, resolve, dirname } from 'node:path';
+import { parseDocument } from 'yaml';
+import type { z } from 'zod';
+import { configSchema, type RawConfig, type RawRedis, type RawRoute, type RawTls, type SecretRef } from './schema.js';
+import { Secret } from './secret.js';
+import type { Config, RedisStoreConfig, Route, StoreConfig, TlsMaterial } from './types.js';
+import { isLoopbackHost } from './units.js';
+import { credentialIdentity } from '../tokens/identity.js';
+
+export type LoadResult =
+  | { ok: true; config: Config; warnings: string[]; files: string[] }
+  | { ok: false; problems: string[]; files: string[] };
+
+export function formatPath(path: readonly PropertyKey[]): string {
+  let out = '';
+  for (const part of path) {
+    if (typeof part === 'number') out += `[${part}]`;
+    else out += out ? `.${String(part)}` : String(part);
+  }
+  return out || '(root)';
+}
+
+export async function loadConfigFile(file: string, env: NodeJS.ProcessEnv = process.env): Promise<LoadResult> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    return { ok: false, problems: [`${file}: cannot read (${(err as NodeJS.ErrnoException).code ?? 'error'})`], files: [file] };
+  }
+  return loadConfigText(text, { env, baseDir: dirname(resolve(file)), fileName: file });
+}
+
+export async function loadConfigText(
+  text: string,
+  opts: { env?: NodeJS.ProcessEnv; baseDir?: string; fileName?: string } = {},
+): Promise<LoadResult> {
+  const fileName = opts.fileName ?? 'routes.yaml';
+  const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    const problems = doc.errors.map((e) => {
+      const pos = e.linePos?.[0];
+      return `${fileName}${pos ? `:${pos.line}:${pos.col}` : ''}: ${e.message.split('\n')[0] ?? e.message}`;
+    });
+    return { ok: false, problems, files: [] };
+  }
+  const parsed = configSchema.safeParse(doc.toJS());
+  if (!parsed.success) return { ok: false, problems: zodProblems(parsed.error), files: [] };
+  const resolver = new SecretResolver(opts.env ?? process.env, opts.baseDir ?? process.cwd());
+  const config = await build(parsed.data, resolver);
+  const problems = [...insecureUrls(parsed.data), ...resolver.problems];
+  if (problems.length > 0) return { ok: false, problems, files: resolver.files };
+  return { ok: true, config, warnings: resolver.warnings, files: resolver.files };
+}
+
+function zodProblems(error: z.ZodError): string[] {
+  return error.issues.map((issue) => `${formatPath(issue.path)}: ${issue.message}`);
+}
+
+/** Plain http is allowed only to loopback: elsewhere a token or secret would cross the network in clear. */
+function insecureUrls(raw: RawConfig): string[] {
+  const problems: string[] = [];
+  raw.routes.forEach((r, i) => {
+    if (r.allowInsecureHttp) return;
+    const check = (url: URL, path: string) => {
+      if (url.protocol === 'http:' && !isLoopbackHost(url.hostname)) {
+        problems.push(`routes[${i}].${path}: plain http to ${url.hostname} would send credentials in clear; use https or set allowInsecureHttp: true`);
+      }
+    };
+    check(r.upstream, 'upstream');
+    if (r.auth.type === 'oauth2') check(r.auth.tokenUrl, 'auth.tokenUrl');
+  });
+  return problems;
+}
+
+class SecretResolver {
+  readonly problems: string[] = [];
+  readonly warnings: string[] = [];
+  readonly files: string[] = [];
+
+  constructor(
+    private readonly env: NodeJS.ProcessEnv,
+    private readonly baseDir: string,
+  ) {}
+
+  async get(ref: SecretRef, path: string, opts: { literalWarning?: boolean } = {}): Promise<string> {
+    if (typeof ref === 'string') {
+      if (opts.literalWarning) this.warnings.push(`${path}: a literal value in the config file; prefer fromEnv or fromFile`);
+      return ref;
+    }
+    if ('fromEnv' in ref) {
+      const value = this.env[ref.fromEnv];
+      if (value === undefined || value === '') this.problems.push(`${path}: environment variable ${ref.fromEnv} is not set`);
+      return value ?? '';
+    }
+    const file = isAbsolute(ref.fromFile) ? ref.fromFile : resolve(this.baseDir, ref.fromFile);
+    this.files.push(file);
+    try {
+      // Secret files made with `echo` end in a newline that is not part of the secret.
+      const value = (await readFile(file, 'utf8')).replace(/\r?\n$/, '');
+      if (value === '') this.problems.push(`${path}: ${ref.fromFile} is empty`);
+      return value;
+    } catch (err) {
+      this.problems.push(`${path}: cannot read ${ref.fromFile} (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
+      return '';
+    }
+  }
+
+  async secret(ref: SecretRef, path: string, literalWarning = true): Promise<Secret> {
+    return new Secret(await this.get(ref, path, { literalWarning }));
+  }
+
+  async tls(raw: RawTls | undefined, path: string): Promise<TlsMaterial | undefined> {
+    if (!raw) return undefined;
+    const [ca, cert, key] = await Promise.all([
+      raw.ca === undefined ? undefined : this.get(raw.ca, `${path}.ca`),
+      raw.cert === undefined ? undefined : this.get(raw.cert, `${path}.cert`),
+      raw.key === undefined ? undefined : this.secret(raw.key, `${path}.key`),
+    ]);
+    if ((cert === undefined) !== (key === undefined)) this.problems.push(`${path}: cert and key go together`);
+    return { ca: ca || undefined, cert: cert || undefined, key, servername: raw.servername };
+  }
+}
+
+async function build(raw: RawConfig, r: SecretResolver): Promise<Config> {
+  const [routes, store] = await Promise.all([
+    Promise.all(raw.routes.map((route, i) => buildRoute(route, `routes[${i}]`, r))),
+    buildStore(raw.store, r),
+  ]);
+  return { listen: raw.listen, admin: raw.admin, drainTimeoutMs: raw.drainTimeout, store, routes };
+}
+
+async function buildRoute(raw: RawRoute, path: string, r: SecretResolver): Promise<Route> {
+  const base = raw.upstream.pathname.length > 1 ? raw.upstream.pathname.replace(/\/+$/, '') : '/';
+  const upstreamTls = await r.tls(raw.upstreamTls, `${path}.upstreamTls`);
+  let auth: Route['auth'];
+  if (raw.auth.type === 'static') {
+    auth = { type: 'static', value: await r.secret(raw.auth.value, `${path}.auth.value`) };
+  } else {
+    const a = raw.auth;
+    const [clientId, clientSecret, tls] = await Promise.all([
+      r.get(a.clientId, `${path}.auth.clientId`, { literalWarning: false }),
+      r.secret(a.clientSecret, `${path}.auth.clientSecret`),
+      r.tls(a.tls, `${path}.auth.tls`),
+    ]);
+    const partial = {
+      type: 'oauth2' as const,
+      grant: a.grant,
+      tokenUrl: a.tokenUrl,
+      clientId,
+      clientSecret,
+      clientAuth: a.clientAuth,
+      scopes: a.scopes,
+      audience: a.audience,
+      resource: a.resource,
+      params: a.params,
+    };
+    auth = {
+      ...partial,
+      tls,
+      timeoutMs: a.timeout,
+      refreshAheadRatio: a.refreshAhead,
+      defaultExpiresInMs: a.defaultExpiresIn,
+      maxLifetimeMs: a.maxLifetime,
+      identity: credentialIdentity(partial),
+    };
+  }
+  return {
+    name: raw.name,
+    match: { pathPrefix: raw.match.pathPrefix, host: raw.match.host },
+    upstream: raw.upstream,
+    upstreamOrigin: raw.upstream.origin,
+    upstreamBasePath: base,
+    upstreamTls,
+    auth,
+    inject: { header: raw.inject.header.toLowerCase(), format: raw.inject.format },
+    retryOn401: raw.retryOn401,
+    replayBodyLimitBytes: raw.replayBodyLimit,
+    timeouts: { connectMs: raw.timeouts.connect, responseMs: raw.timeouts.response, idleMs: raw.timeouts.idle },
+    warm: raw.warm,
+    allowInsecureHttp: raw.allowInsecureHttp,
+  };
+}
+
+async function buildStore(raw: RawConfig['store'], r: SecretResolver): Promise<StoreConfig> {
+  if (raw.type === 'memory') return { type: 'memory' };
+  const redis: RawRedis = raw.redis;
+  const [password, sentinelPassword, tls, keys] = await Promise.all([
+    redis.password === undefined ? undefined : r.secret(redis.password, 'store.redis.password'),
+    redis.sentinelPassword === undefined ? undefined : r.secret(redis.sentinelPassword, 'store.redis.sentinelPassword'),
+    r.tls(redis.tls, 'store.redis.tls'),
+    Promise.all(
+      (raw.encryption?.keys ?? []).map(async (k, i) => {
+        const path = `store.encryption.keys[${i}].secret`;
+        const text = await r.get(k.secret, path, { literalWarning: true });
+        const key = Buffer.from(text.trim(), 'base64');
+        if (text && key.length !== 32) r.problems.push(`${path}: must be 32 random bytes in base64 (got ${key.length} bytes)`);
+        return { id: k.id, key };
+      }),
+    ),
+  ]);
+  const store: RedisStoreConfig = {
+    type: 'redis',
+    url: redis.url,
+    sentinels: redis.sentinels,
+    name: redis.name,
+    sentinelPassword,
+    cluster: redis.cluster,
+    username: redis.username,
+    password,
+    tls,
+    keyPrefix: redis.keyPrefix,
+    commandTimeoutMs: redis.commandTimeout,
+    lockLeaseMs: redis.lockLease,
+    lockWaitTimeoutMs: redis.lockWaitTimeout,
+    encryptionKeys: keys,
+  };
+  return store;
+}

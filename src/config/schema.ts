@@ -1,0 +1,243 @@
+/**
+ * The routes.yaml schema (version 1). Strict: unknown keys are errors, so a typo never silently means "default".
+ * Units are parsed here (durations → ms, sizes → bytes, percentages → ratios); secrets stay references until
+ * load.ts resolves them, so a schema error never needs a secret to be read.
+ */
+import { z } from 'zod';
+import { parseDurationMs, parseListenAddress, parsePercent, parseSizeBytes } from './units.js';
+
+function parsed<T>(parse: (s: string) => T | undefined, what: string) {
+  return z.string({ error: `expected ${what}` }).transform((text, ctx) => {
+    const value = parse(text);
+    if (value === undefined) {
+      ctx.addIssue({ code: 'custom', message: `"${text}" is not ${what}` });
+      return z.NEVER;
+    }
+    return value;
+  });
+}
+
+export const durationMs = parsed(parseDurationMs, 'a duration such as 500ms, 30s, 5m or 1h');
+export const percent = parsed(parsePercent, 'a percentage between 0% and 100% (exclusive), such as 20%');
+export const listenAddress = parsed(parseListenAddress, 'a listen address such as 127.0.0.1:15080 or [::1]:15080');
+export const sizeBytes = z
+  .union([z.string(), z.number()], { error: 'expected a size such as 1MiB, 64KiB or a number of bytes' })
+  .transform((value, ctx) => {
+    const bytes = parseSizeBytes(value);
+    if (bytes === undefined) {
+      ctx.addIssue({ code: 'custom', message: `"${value}" is not a size (use 1MiB, 64KiB or bytes)` });
+      return z.NEVER;
+    }
+    return bytes;
+  });
+
+/** A secret: a literal string, `{ fromEnv: NAME }` or `{ fromFile: PATH }`. */
+export const secretRef = z.union(
+  [
+    z.string().min(1),
+    z.strictObject({ fromEnv: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'not an environment variable name') }),
+    z.strictObject({ fromFile: z.string().min(1) }),
+  ],
+  { error: 'expected a string, { fromEnv: NAME } or { fromFile: PATH }' },
+);
+export type SecretRef = z.infer<typeof secretRef>;
+
+function httpUrl(opts: { allowQuery: boolean }) {
+  return z.string({ error: 'expected a URL' }).transform((text, ctx) => {
+    let url: URL;
+    try {
+      url = new URL(text);
+    } catch {
+      ctx.addIssue({ code: 'custom', message: `"${text}" is not a valid URL` });
+      return z.NEVER;
+    }
+    const problems: string[] = [];
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') problems.push('must be http:// or https://');
+    if (url.username || url.password) problems.push('must not carry credentials (use the auth block)');
+    if (url.hash) problems.push('must not have a #fragment');
+    if (!opts.allowQuery && url.search) problems.push('must not have a ?query (the request query is passed through)');
+    for (const message of problems) ctx.addIssue({ code: 'custom', message: `"${text}" ${message}` });
+    return problems.length ? z.NEVER : url;
+  });
+}
+
+const tlsFiles = z.strictObject({
+  ca: secretRef.optional(),
+  cert: secretRef.optional(),
+  key: secretRef.optional(),
+  servername: z.string().min(1).optional(),
+});
+
+const hostPort = z.strictObject({
+  host: z.string().min(1),
+  port: z.number().int().min(1).max(65_535),
+});
+
+const routeName = z
+  .string()
+  .regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/, 'must be lowercase letters, digits and dashes (at most 63)');
+
+const pathPrefix = z
+  .string()
+  .regex(/^\/[A-Za-z0-9._~!$&'()*+,;=:@/-]*$/, 'must start with / and contain only plain path characters (no %, ?, #)')
+  .refine((p) => !p.split('/').some((s) => s === '.' || s === '..'), 'must not contain . or .. segments')
+  .refine((p) => !p.includes('//'), 'must not contain //')
+  // `/pix/` and `/pix` mean the same prefix; keep one spelling so duplicates are found.
+  .transform((p) => (p.length > 1 ? p.replace(/\/+$/, '') : p));
+
+const matchHost = z
+  .string()
+  .regex(/^[a-z0-9.-]+(:\d{1,5})?$/i, 'must be a host name, optionally with :port')
+  .transform((h) => h.toLowerCase());
+
+const match = z
+  .strictObject({ pathPrefix: pathPrefix.optional(), host: matchHost.optional() })
+  .refine((m) => m.pathPrefix !== undefined || m.host !== undefined, 'needs pathPrefix, host, or both');
+
+const oauth2 = z.strictObject({
+  type: z.literal('oauth2'),
+  grant: z.literal('client_credentials', { error: 'only client_credentials is supported in this version' }).default(
+    'client_credentials',
+  ),
+  tokenUrl: httpUrl({ allowQuery: true }),
+  clientId: secretRef,
+  clientSecret: secretRef,
+  clientAuth: z
+    .enum(['client_secret_basic', 'client_secret_post'], {
+      error: 'expected client_secret_basic or client_secret_post',
+    })
+    .default('client_secret_basic'),
+  scopes: z.array(z.string().regex(/^[\x21\x23-\x5b\x5d-\x7e]+$/, 'not a valid scope token (RFC 6749 §3.3)')).default([]),
+  audience: z.string().min(1).optional(),
+  resource: httpUrl({ allowQuery: true }).optional(),
+  params: z.record(z.string(), z.string()).default({}),
+  tls: tlsFiles.optional(),
+  timeout: durationMs.default(10_000),
+  refreshAhead: percent.default(0.2),
+  /** Lifetime assumed when the response has no usable expires_in and the token is not a JWT. */
+  defaultExpiresIn: durationMs.default(300_000),
+  /** Upper bound on any lifetime, whatever the response says. */
+  maxLifetime: durationMs.default(86_400_000),
+});
+
+const staticAuth = z.strictObject({
+  type: z.literal('static'),
+  value: secretRef,
+});
+
+const auth = z.discriminatedUnion('type', [oauth2, staticAuth], { error: 'auth.type must be oauth2 or static' });
+
+const HOP_OR_RESERVED = new Set([
+  'host', 'connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'te', 'trailer',
+  'transfer-encoding', 'upgrade', 'content-length', 'expect',
+]);
+
+const inject = z.strictObject({
+  header: z
+    .string()
+    .regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'not a valid header name')
+    .refine((h) => !HOP_OR_RESERVED.has(h.toLowerCase()), 'cannot inject a hop-by-hop or framing header')
+    .default('Authorization'),
+  format: z.string().refine((f) => f.includes('{token}'), 'must contain {token}').default('Bearer {token}'),
+});
+
+const route = z.strictObject({
+  name: routeName,
+  match,
+  upstream: httpUrl({ allowQuery: false }),
+  upstreamTls: tlsFiles.optional(),
+  auth,
+  inject: inject.default({ header: 'Authorization', format: 'Bearer {token}' }),
+  retryOn401: z.boolean().default(true),
+  /** Bodies up to this size are kept so a 401 can be replayed; larger or unsized bodies stream and are not replayed. */
+  replayBodyLimit: sizeBytes.default(1024 * 1024),
+  timeouts: z
+    .strictObject({
+      connect: durationMs.default(5_000),
+      response: durationMs.default(30_000),
+      idle: durationMs.default(60_000),
+    })
+    .default({ connect: 5_000, response: 30_000, idle: 60_000 }),
+  warm: z.boolean().default(false),
+  allowInsecureHttp: z.boolean().default(false),
+});
+
+const redis = z
+  .strictObject({
+    url: z
+      .string()
+      .regex(/^rediss?:\/\//, 'must start with redis:// or rediss://')
+      .optional(),
+    sentinels: z.array(hostPort).min(1).optional(),
+    name: z.string().min(1).optional(),
+    sentinelPassword: secretRef.optional(),
+    cluster: z.array(hostPort).min(1).optional(),
+    username: z.string().min(1).optional(),
+    password: secretRef.optional(),
+    tls: tlsFiles.optional(),
+    keyPrefix: z.string().regex(/^[A-Za-z0-9:_.-]{0,64}$/, 'letters, digits and :_.- only').default('token-sidecar:'),
+    /** Deadline of each Redis command on the request path; past it the pod falls back to its own fetch. */
+    commandTimeout: durationMs.default(100),
+    /** Refresh lock lease; renewed while the holder's fetch runs, so a dead holder costs at most one lease. */
+    lockLease: durationMs.default(5_000),
+    /** How long a pod that lost the lock race waits for the winner before fetching itself. */
+    lockWaitTimeout: durationMs.default(15_000),
+  })
+  .superRefine((r, ctx) => {
+    const modes = [r.url, r.sentinels, r.cluster].filter((m) => m !== undefined).length;
+    if (modes !== 1) ctx.addIssue({ code: 'custom', message: 'set exactly one of url, sentinels (with name) or cluster' });
+    if (r.sentinels && !r.name) ctx.addIssue({ code: 'custom', path: ['name'], message: 'sentinels need the master name' });
+  });
+
+const encryption = z.strictObject({
+  keys: z
+    .array(z.strictObject({ id: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, 'letters, digits and ._- only'), secret: secretRef }))
+    .min(1, 'at least one key'),
+});
+
+const store = z.discriminatedUnion(
+  'type',
+  [
+    z.strictObject({ type: z.literal('memory') }),
+    z.strictObject({ type: z.literal('redis'), redis, encryption: encryption.optional() }),
+  ],
+  { error: 'store.type must be memory or redis' },
+);
+
+export const configSchema = z
+  .strictObject({
+    version: z.literal(1, { error: 'version must be 1' }),
+    listen: listenAddress.default({ host: '127.0.0.1', port: 15080 }),
+    admin: listenAddress.default({ host: '0.0.0.0', port: 15081 }),
+    /** Bound on the graceful drain at shutdown. */
+    drainTimeout: durationMs.default(10_000),
+    store: store.default({ type: 'memory' }),
+    routes: z.array(route).min(1, 'at least one route'),
+  })
+  .superRefine((cfg, ctx) => {
+    const names = new Map<string, number>();
+    const matches = new Map<string, number>();
+    cfg.routes.forEach((r, i) => {
+      const firstName = names.get(r.name);
+      if (firstName !== undefined) {
+        ctx.addIssue({ code: 'custom', path: ['routes', i, 'name'], message: `duplicate route name "${r.name}" (routes[${firstName}])` });
+      } else names.set(r.name, i);
+      const key = `${r.match.host ?? '*'} ${r.match.pathPrefix ?? '/'}`;
+      const firstMatch = matches.get(key);
+      if (firstMatch !== undefined) {
+        ctx.addIssue({ code: 'custom', path: ['routes', i, 'match'], message: `same match as routes[${firstMatch}]` });
+      } else matches.set(key, i);
+    });
+    if (cfg.store.type === 'redis' && cfg.store.encryption) {
+      const ids = new Set<string>();
+      cfg.store.encryption.keys.forEach((k, i) => {
+        if (ids.has(k.id)) ctx.addIssue({ code: 'custom', path: ['store', 'encryption', 'keys', i, 'id'], message: `duplicate key id "${k.id}"` });
+        ids.add(k.id);
+      });
+    }
+  });
+
+export type RawConfig = z.output<typeof configSchema>;
+export type RawRoute = RawConfig['routes'][number];
+export type RawTls = z.output<typeof tlsFiles>;
+export type RawRedis = z.output<typeof redis>;

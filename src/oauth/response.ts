@@ -1,0 +1,195 @@
+/**
+ * Pure parsing of token endpoint answers (RFC 6749 §5.1 success, §5.2 error). Anything odd about the lifetime
+ * degrades to a bounded one; nothing here can produce an unbounded or NaN expiry.
+ */
+import { SidecarError } from '../errors.js';
+import { makeToken, type Token } from '../tokens/token.js';
+
+export type TokenErrorKind = 'rejected' | 'unavailable';
+
+/** A failed token request. `rejected`: our credentials or request were refused (negative-cached); `unavailable`: transient. */
+export class TokenEndpointError extends SidecarError {
+  readonly kind: TokenErrorKind;
+  readonly oauthError: string | undefined;
+  readonly retryAfterMs: number | undefined;
+  readonly httpStatus: number | undefined;
+
+  constructor(
+    kind: TokenErrorKind,
+    detail: string,
+    opts: { route?: string | undefined; oauthError?: string; retryAfterMs?: number | undefined; httpStatus?: number; cause?: unknown } = {},
+  ) {
+    super(kind === 'rejected' ? 'TOKEN_REJECTED' : 'TOKEN_UNAVAILABLE', detail, {
+      route: opts.route,
+      cause: opts.cause,
+      retryAfterS: opts.retryAfterMs === undefined ? undefined : Math.ceil(opts.retryAfterMs / 1000),
+    });
+    this.kind = kind;
+    this.oauthError = opts.oauthError;
+    this.retryAfterMs = opts.retryAfterMs;
+    this.httpStatus = opts.httpStatus;
+  }
+}
+
+export interface TokenHttpResponse {
+  status: number;
+  contentType: string | undefined;
+  retryAfter: string | undefined;
+  body: string;
+}
+
+export interface ParseContext {
+  route: string;
+  /** When the token request was sent. */
+  requestedAtMs: number;
+  nowMs: number;
+  defaultExpiresInMs: number;
+  maxLifetimeMs: number;
+  /** Strings that must never be echoed into an error (the client secret). */
+  redact: readonly string[];
+}
+
+const MIN_LIFETIME_MS = 1_000;
+const MAX_RETRY_AFTER_MS = 3_600_000;
+
+/** RFC 6749 Appendix A.12: access-token = 1*VSCHAR. Space is excluded too: it would break the header syntax. */
+const ACCESS_TOKEN = /^[\x21-\x7e]+$/;
+
+export function parseTokenResponse(res: TokenHttpResponse, ctx: ParseContext): Token {
+  const json = parseJson(res.body);
+  if (res.status !== 200) throw errorFromResponse(res, json, ctx);
+  if (json === undefined || typeof json !== 'object' || json === null || Array.isArray(json)) {
+    throw new TokenEndpointError('unavailable', `token endpoint answered 200 with ${describeBody(res)}, not a JSON object`, {
+      route: ctx.route,
+      httpStatus: 200,
+    });
+  }
+  const body = json as Record<string, unknown>;
+  const value = body['access_token'];
+  if (typeof value !== 'string' || !ACCESS_TOKEN.test(value)) {
+    throw new TokenEndpointError('unavailable', 'token response has no valid access_token (RFC 6749 §5.1)', {
+      route: ctx.route,
+      httpStatus: 200,
+    });
+  }
+  // token_type is required by §5.1, but several vendors omit it; "bearer" is matched case-insensitively (§7.1).
+  const rawType = body['token_type'];
+  if (rawType !== undefined && (typeof rawType !== 'string' || rawType.toLowerCase() !== 'bearer')) {
+    throw new TokenEndpointError('unavailable', `unsupported token_type ${JSON.stringify(sanitize(String(rawType), ctx.redact))}; only Bearer is supported`, {
+      route: ctx.route,
+      httpStatus: 200,
+    });
+  }
+  const scope = typeof body['scope'] === 'string' ? body['scope'] : undefined;
+  const { expiresAtMs, source } = lifetime(body['expires_in'], value, ctx);
+  return makeToken({
+    value,
+    tokenType: 'Bearer',
+    issuedAtMs: ctx.requestedAtMs,
+    expiresAtMs,
+    scope,
+    lifetimeSource: source,
+  });
+}
+
+/** expires_in as seconds, if it is a positive finite number (or a string of digits, a common vendor quirk). */
+export function expiresInSeconds(raw: unknown): number | undefined {
+  let n: number | undefined;
+  if (typeof raw === 'number') n = raw;
+  else if (typeof raw === 'string' && /^\d{1,12}$/.test(raw.trim())) n = Number(raw.trim());
+  return n !== undefined && Number.isFinite(n) && n > 0 ? n : undefined;
+}
+
+/** The `exp` claim (seconds) of a JWT-shaped token, if it has one. Not verified: only used to bound the lifetime. */
+export function jwtExpiry(token: string): number | undefined {
+  const parts = token.split('.');
+  if (parts.length !== 3 || !parts[1]) return undefined;
+  try {
+    const payload: unknown = JSON.parse(Buffer.from(parts[1], 'base64url').toString('utf8'));
+    if (typeof payload !== 'object' || payload === null) return undefined;
+    const exp = (payload as Record<string, unknown>)['exp'];
+    return typeof exp === 'number' && Number.isFinite(exp) && exp > 0 ? exp : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function lifetime(rawExpiresIn: unknown, value: string, ctx: ParseContext): { expiresAtMs: number; source: Token['lifetimeSource'] } {
+  const expiresIn = expiresInSeconds(rawExpiresIn);
+  const jwtExp = jwtExpiry(value);
+  let expiresAtMs: number;
+  let source: Token['lifetimeSource'];
+  if (expiresIn !== undefined) {
+    expiresAtMs = ctx.requestedAtMs + expiresIn * 1000;
+    source = 'expires_in';
+    // A JWT that says it dies sooner than expires_in claims is believed.
+    if (jwtExp !== undefined && jwtExp * 1000 < expiresAtMs) {
+      expiresAtMs = jwtExp * 1000;
+      source = 'jwt';
+    }
+  } else if (jwtExp !== undefined) {
+    expiresAtMs = jwtExp * 1000;
+    source = 'jwt';
+  } else {
+    expiresAtMs = ctx.requestedAtMs + ctx.defaultExpiresInMs;
+    source = 'default';
+  }
+  if (expiresAtMs - ctx.nowMs < MIN_LIFETIME_MS) {
+    throw new TokenEndpointError('unavailable', 'token endpoint issued a token that is already expired', {
+      route: ctx.route,
+      httpStatus: 200,
+    });
+  }
+  return { expiresAtMs: Math.min(expiresAtMs, ctx.requestedAtMs + ctx.maxLifetimeMs), source };
+}
+
+const REJECTING = new Set([
+  'invalid_client', 'unauthorized_client', 'invalid_grant', 'invalid_scope', 'invalid_request',
+  'unsupported_grant_type', 'invalid_target', 'access_denied',
+]);
+
+function errorFromResponse(res: TokenHttpResponse, json: unknown, ctx: ParseContext): TokenEndpointError {
+  const retryAfterMs = res.status === 429 || res.status === 503 ? parseRetryAfterMs(res.retryAfter, ctx.nowMs) : undefined;
+  const oauth = typeof json === 'object' && json !== null ? (json as Record<string, unknown>) : undefined;
+  const code = typeof oauth?.['error'] === 'string' ? sanitize(oauth['error'], ctx.redact) : undefined;
+  const description = typeof oauth?.['error_description'] === 'string' ? sanitize(oauth['error_description'], ctx.redact) : undefined;
+  const opts = { route: ctx.route, retryAfterMs, httpStatus: res.status, ...(code ? { oauthError: code } : {}) };
+  if (code && res.status >= 400 && res.status < 500 && res.status !== 429 && REJECTING.has(code)) {
+    return new TokenEndpointError('rejected', `token endpoint refused the request: ${code}${description ? ` (${description})` : ''}`, opts);
+  }
+  return new TokenEndpointError('unavailable', `token endpoint answered ${res.status}${code ? ` ${code}` : ` with ${describeBody(res)}`}`, opts);
+}
+
+/** Retry-After as delay-seconds or an HTTP-date (RFC 9110 §10.2.3), bounded. */
+export function parseRetryAfterMs(header: string | undefined, nowMs: number): number | undefined {
+  if (!header) return undefined;
+  const text = header.trim();
+  let ms: number;
+  if (/^\d+$/.test(text)) ms = Number(text) * 1000;
+  else {
+    const at = Date.parse(text);
+    if (Number.isNaN(at)) return undefined;
+    ms = at - nowMs;
+  }
+  return Math.min(Math.max(ms, 0), MAX_RETRY_AFTER_MS);
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+function describeBody(res: TokenHttpResponse): string {
+  const type = res.contentType?.split(';')[0]?.trim();
+  return res.body.length === 0 ? 'an empty body' : `a ${type || 'untyped'} body`;
+}
+
+/** Vendor text going into our errors: printable, short, and never containing our secret. */
+function sanitize(text: string, redact: readonly string[]): string {
+  let out = text.replace(/[^\x20-\x7e]/g, '?').slice(0, 200);
+  for (const secret of redact) if (secret.length >= 4) out = out.split(secret).join('[redacted]');
+  return out;
+}

@@ -1,0 +1,148 @@
+/**
+ * The app-facing request handler: match → token → forward → (on 401) replay once. Every path ends in a response:
+ * the vendor's, or a problem+json from errors-to-http. The route table and routes are read once per request from
+ * an immutable snapshot, so a hot reload never changes a request half-way.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Logger } from '../log.js';
+import type { Route } from '../config/types.js';
+import { SidecarError, toSidecarError } from '../errors.js';
+import type { TokenManager, TokenSource } from '../tokens/manager.js';
+import type { Token } from '../tokens/token.js';
+import { sendError } from './errors-to-http.js';
+import type { Forwarder, UpstreamCall } from './forward.js';
+import { countHostHeaders, formatInjection, upstreamRequestHeaders } from './headers.js';
+import { matchRequest, type RouteTable } from './match.js';
+
+export interface ProxySnapshot {
+  readonly table: RouteTable;
+}
+
+export interface RequestObserver {
+  completed?(route: string | undefined, status: number, durationS: number): void;
+  unauthorized?(route: string, replayed: boolean): void;
+}
+
+export interface ProxyHandlerOptions {
+  manager: TokenManager;
+  forwarder: Forwarder;
+  log: Logger;
+  observer?: RequestObserver;
+}
+
+type Source = TokenSource | 'static';
+
+export class ProxyHandler {
+  #snapshot: ProxySnapshot;
+  readonly #manager: TokenManager;
+  readonly #forwarder: Forwarder;
+  readonly #log: Logger;
+  readonly #observer: RequestObserver;
+
+  constructor(opts: ProxyHandlerOptions, snapshot: ProxySnapshot) {
+    this.#manager = opts.manager;
+    this.#forwarder = opts.forwarder;
+    this.#log = opts.log;
+    this.#observer = opts.observer ?? {};
+    this.#snapshot = snapshot;
+  }
+
+  setSnapshot(snapshot: ProxySnapshot): void {
+    this.#snapshot = snapshot;
+  }
+
+  readonly handle = (req: IncomingMessage, res: ServerResponse): void => {
+    void this.#handle(req, res);
+  };
+
+  async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const startedMs = performance.now();
+    const snapshot = this.#snapshot;
+    const controller = new AbortController();
+    // The app went away before the answer was complete: cancel the upstream request too.
+    res.once('close', () => {
+      if (!res.writableFinished) controller.abort();
+    });
+    let route: Route | undefined;
+    let source: Source | undefined;
+    let code: string | undefined;
+    let replayed = false;
+    try {
+      if (countHostHeaders(req.rawHeaders) > 1) throw new SidecarError('BAD_REQUEST', 'more than one Host header (RFC 9112 §3.2)');
+      const match = matchRequest(snapshot.table, req.method ?? 'GET', req.url ?? '/', req.headers.host);
+      route = match.route;
+      let token: Token | undefined;
+      let tokenValue: string;
+      if (route.auth.type === 'static') {
+        source = 'static';
+        tokenValue = route.auth.value.reveal();
+      } else {
+        token = this.#manager.current(route.name);
+        if (token) source = 'memory';
+        else ({ token, source } = await this.#manager.get(route.name));
+        tokenValue = token.value.reveal();
+      }
+      const { body, replayable } = await requestBody(req, route);
+      const call: UpstreamCall = {
+        method: req.method ?? 'GET',
+        path: match.path,
+        headers: upstreamRequestHeaders(req.rawHeaders, route.inject.header, formatInjection(route.inject.format, tokenValue)),
+        body,
+        signal: controller.signal,
+      };
+      const held = await this.#forwarder.send(route, call, res, replayable && token !== undefined);
+      if (held && token) {
+        const fresh = await this.#manager.afterUnauthorized(route.name, token.fingerprint);
+        this.#observer.unauthorized?.(route.name, fresh !== undefined);
+        if (fresh && !controller.signal.aborted) {
+          replayed = true;
+          call.headers = upstreamRequestHeaders(req.rawHeaders, route.inject.header, formatInjection(route.inject.format, fresh.value.reveal()));
+          // Never loop: the replay's answer, 401 or not, goes to the app.
+          await this.#forwarder.send(route, call, res, false);
+        } else {
+          held.release();
+        }
+      }
+    } catch (err) {
+      const e = toSidecarError(err, route?.name);
+      code = e.code;
+      if (controller.signal.aborted) {
+        code = 'CLIENT_CLOSED';
+      } else {
+        sendError(res, e);
+        if (e.code === 'INTERNAL') this.#log.error({ err: e.cause instanceof Error ? e.cause.message : String(e.cause), route: route?.name }, 'internal error');
+      }
+    }
+    const durationMs = performance.now() - startedMs;
+    this.#observer.completed?.(route?.name, res.statusCode, durationMs / 1000);
+    this.#log.info(
+      {
+        event: 'request',
+        route: route?.name,
+        method: req.method,
+        status: res.statusCode,
+        durationMs: Math.round(durationMs * 100) / 100,
+        tokenSource: source,
+        ...(replayed ? { replayed } : {}),
+        ...(code ? { code } : {}),
+        ...(typeof req.headers['x-request-id'] === 'string' ? { requestId: req.headers['x-request-id'] } : {}),
+      },
+      'request',
+    );
+  }
+}
+
+/**
+ * The request body as it will be sent: kept in memory when it is small and sized (so a 401 can be replayed with
+ * the same bytes), streamed otherwise (and then not replayable).
+ */
+async function requestBody(req: IncomingMessage, route: Route): Promise<{ body: Buffer | IncomingMessage | null; replayable: boolean }> {
+  const lengthHeader = req.headers['content-length'];
+  const length = lengthHeader === undefined ? undefined : Number(lengthHeader);
+  const hasBody = req.headers['transfer-encoding'] !== undefined || (length !== undefined && length > 0);
+  if (!hasBody) return { body: null, replayable: route.retryOn401 };
+  if (!route.retryOn401 || length === undefined || length > route.replayBodyLimitBytes) return { body: req, replayable: false };
+  const chunks: Buffer[] = [];
+  for await (const chunk of req) chunks.push(chunk as Buffer);
+  return { body: Buffer.concat(chunks), replayable: true };
+}

@@ -1,0 +1,147 @@
+/**
+ * Wiring: one config → store, token manager, forwarder, the app listener and the admin listener. The CLI runs
+ * one of these per process; tests run them in-process or as child processes.
+ */
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Config } from './config/types.js';
+import type { Logger } from './log.js';
+import { SidecarError } from './errors.js';
+import { OAuthClient, type TokenFetcher } from './oauth/client.js';
+import { createStore } from './store/index.js';
+import type { TokenStore } from './store/store.js';
+import { TokenManager } from './tokens/manager.js';
+import { Forwarder } from './proxy/forward.js';
+import { buildRouteTable } from './proxy/match.js';
+import { ProxyHandler } from './proxy/server.js';
+import { sendErrorOnSocket } from './proxy/errors-to-http.js';
+import { createAdminServer, type Readiness } from './admin/server.js';
+
+export interface SidecarOptions {
+  config: Config;
+  log: Logger;
+  store?: TokenStore;
+  fetcher?: TokenFetcher;
+}
+
+export class Sidecar {
+  #draining = false;
+  #listening = false;
+
+  private constructor(
+    readonly config: Config,
+    readonly log: Logger,
+    readonly store: TokenStore,
+    readonly manager: TokenManager,
+    private readonly forwarder: Forwarder,
+    private readonly fetcher: TokenFetcher,
+    private readonly proxyServer: Server,
+    private readonly adminServer: Server,
+  ) {}
+
+  static async start(opts: SidecarOptions): Promise<Sidecar> {
+    const { config, log } = opts;
+    const store = opts.store ?? (await createStore(config.store, log));
+    const fetcher = opts.fetcher ?? new OAuthClient();
+    const manager = new TokenManager({
+      store,
+      fetcher,
+      log,
+      ...(config.store.type === 'redis' ? { lockWaitTimeoutMs: config.store.lockWaitTimeoutMs } : {}),
+    });
+    manager.setRoutes(config.routes);
+    const forwarder = new Forwarder();
+    const handler = new ProxyHandler({ manager, forwarder, log }, { table: buildRouteTable(config.routes) });
+    // Apps on localhost keep connections open; outlive typical client idle timeouts so a reused socket is never
+    // closed under a request in flight.
+    const proxyServer = createServer({ keepAliveTimeout: 65_000 }, handler.handle);
+    proxyServer.on('connect', (_req, socket) => {
+      sendErrorOnSocket(socket, new SidecarError('TUNNEL_NOT_SUPPORTED', 'CONNECT is not supported: call http:// and the sidecar opens TLS to the vendor'));
+    });
+    let sidecar: Sidecar | undefined;
+    const adminServer = createAdminServer({ readiness: () => sidecar?.readiness() ?? { ready: false, checks: { starting: 'failing' } } });
+    sidecar = new Sidecar(config, log, store, manager, forwarder, fetcher, proxyServer, adminServer);
+    try {
+      await listen(proxyServer, config.listen.host, config.listen.port, 'listen');
+      await listen(adminServer, config.admin.host, config.admin.port, 'admin');
+    } catch (err) {
+      await sidecar.stop(0);
+      throw err;
+    }
+    sidecar.#listening = true;
+    log.info({ event: 'listening', proxy: sidecar.proxyUrl, admin: sidecar.adminUrl, store: store.kind, routes: config.routes.length }, 'token-sidecar listening');
+    for (const r of config.routes) {
+      if (r.allowInsecureHttp) log.warn({ route: r.name }, 'allowInsecureHttp is set: credentials may cross the network in clear');
+    }
+    void manager.warmUp();
+    return sidecar;
+  }
+
+  get proxyUrl(): string {
+    return urlOf(this.proxyServer);
+  }
+
+  get adminUrl(): string {
+    return urlOf(this.adminServer);
+  }
+
+  readiness(): Readiness {
+    const warm = this.manager.warmRoutesReady();
+    const checks: Readiness['checks'] = {
+      listener: this.#listening ? 'ok' : 'failing',
+      draining: this.#draining ? 'failing' : 'ok',
+      warmRoutes: warm ? 'ok' : 'failing',
+      // A degraded store never makes the pod unready: requests still flow from memory and per-pod fetches.
+      store: this.store.health(),
+    };
+    return { ready: this.#listening && !this.#draining && warm, checks };
+  }
+
+  /** Stop accepting, let in-flight requests finish (bounded), then release everything. */
+  async stop(drainTimeoutMs = this.config.drainTimeoutMs): Promise<void> {
+    this.#draining = true;
+    await closeGracefully(this.proxyServer, drainTimeoutMs);
+    await closeGracefully(this.adminServer, 0);
+    this.manager.close();
+    await Promise.allSettled([this.forwarder.close(), this.store.close(), closeFetcher(this.fetcher)]);
+  }
+}
+
+async function closeFetcher(fetcher: TokenFetcher): Promise<void> {
+  if (fetcher instanceof OAuthClient) await fetcher.close();
+}
+
+function urlOf(server: Server): string {
+  const a = server.address() as AddressInfo | null;
+  if (!a) return '';
+  return `http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}`;
+}
+
+function listen(server: Server, host: string, port: number, what: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: NodeJS.ErrnoException) => reject(new ListenError(`${what} ${host}:${port}: ${err.code ?? err.message}`));
+    server.once('error', onError);
+    server.listen(port, host, () => {
+      server.off('error', onError);
+      resolve();
+    });
+  });
+}
+
+export class ListenError extends Error {
+  override name = 'ListenError';
+}
+
+async function closeGracefully(server: Server, timeoutMs: number): Promise<void> {
+  if (!server.listening) return;
+  await new Promise<void>((resolve) => {
+    const idle = setInterval(() => server.closeIdleConnections(), 100);
+    const force = setTimeout(() => server.closeAllConnections(), timeoutMs);
+    server.close(() => {
+      clearInterval(idle);
+      clearTimeout(force);
+      resolve();
+    });
+    server.closeIdleConnections();
+  });
+}

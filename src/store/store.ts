@@ -1,0 +1,46 @@
+/**
+ * The shared token store: what every pod of the fleet can see. The token manager runs one protocol on top of it
+ * (read → lock → read again → fetch → write → publish); the memory store makes that protocol trivially
+ * uncontended for a single pod, the Redis store makes it fleet-wide.
+ */
+import type { Token } from '../tokens/token.js';
+
+export type StoreEvent =
+  | { kind: 'refreshed'; key: string; fingerprint: string }
+  | { kind: 'invalidated'; key: string; fingerprint: string };
+
+export interface LockHandle {
+  /** False once the lease was lost (renewal failed or it expired): the holder may still write, newer-wins protects it. */
+  readonly held: boolean;
+  release(): Promise<void>;
+}
+
+export type StoreHealth = 'ok' | 'degraded';
+
+export interface TokenStore {
+  readonly kind: 'memory' | 'redis';
+  /** The shared token for `key`; undefined on a miss or an unreadable value. Rejects with StoreUnavailableError. */
+  get(key: string): Promise<Token | undefined>;
+  /** Write unless the store already holds a token issued later ("newer wins"); publishes `refreshed`. */
+  put(key: string, token: Token): Promise<void>;
+  /** Take the refresh lock for `key`, or undefined if another holder has it. The lease is renewed until release. */
+  tryLock(key: string): Promise<LockHandle | undefined>;
+  /** Resolves when an event for `key` arrives or after `timeoutMs`, whichever is first. */
+  waitForEvent(key: string, timeoutMs: number): Promise<void>;
+  /** Delete the shared token only if it is still the one with `fingerprint`; publishes `invalidated`. */
+  invalidate(key: string, fingerprint: string): Promise<boolean>;
+  /** Events published by other pods (and this one). */
+  onEvent(listener: (event: StoreEvent) => void): void;
+  /** Whether events are being received; when false, the manager reconciles by polling. */
+  eventsLive(): boolean;
+  health(): StoreHealth;
+  close(): Promise<void>;
+}
+
+/** A store call that failed or missed its deadline: the caller falls back to a per-pod fetch. */
+export class StoreUnavailableError extends Error {
+  constructor(op: string, cause?: unknown) {
+    super(`store ${op} failed`, cause === undefined ? undefined : { cause });
+    this.name = 'StoreUnavailableError';
+  }
+}
