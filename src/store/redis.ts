@@ -1,9 +1,306 @@
+/**
+ * The shared store on Redis (standalone, Sentinel or Cluster) through ioredis.
+ *
+ * Request-path rules: every command has a deadline (`commandTimeout`) and fails at once while disconnected (no
+ * offline queue), and after a failure the store is skipped for a short while (a breaker), so a dead or frozen
+ * Redis costs a cold request at most one deadline and steady-state requests nothing: they never reach this file.
+ * Pub/sub runs on its own connection and tells every pod about refreshed and invalidated tokens.
+ */
+import { randomBytes } from 'node:crypto';
+import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
+import type { ConnectionOptions } from 'node:tls';
 import type { Logger } from '../log.js';
 import type { RedisStoreConfig } from '../config/types.js';
-import type { TokenStore } from './store.js';
+import type { Token } from '../tokens/token.js';
+import { Keyring } from './crypto.js';
+import { decodeToken, encodeToken } from './codec.js';
+import { DELETE_IF_EQUALS, LOCK_RENEW, TOKEN_INVALIDATE, TOKEN_PUT_NEWER, runScript } from './scripts.js';
+import { StoreUnavailableError, type LockHandle, type StoreEvent, type StoreHealth, type TokenStore } from './store.js';
 
-export const RedisStore = {
-  async connect(_config: RedisStoreConfig, _log: Logger): Promise<TokenStore> {
-    throw new Error('the redis store is not built yet');
-  },
-};
+/** After a failed call, skip Redis this long before trying again (a frozen Redis must not tax every cold request). */
+const BREAKER_OPEN_MS = 1_000;
+
+export interface RedisStoreObserver {
+  error?(op: string): void;
+  decodeFailed?(reason: string): void;
+  up?(up: boolean): void;
+}
+
+type Client = Redis | Cluster;
+
+interface EventMessage {
+  e: 'r' | 'i';
+  k: string;
+  fp: string;
+}
+
+export class RedisStore implements TokenStore {
+  readonly kind = 'redis' as const;
+  readonly #cmd: Client;
+  readonly #sub: Client;
+  readonly #prefix: string;
+  readonly #channel: string;
+  readonly #keyring: Keyring | undefined;
+  readonly #lockLeaseMs: number;
+  readonly #log: Logger;
+  readonly #observer: RedisStoreObserver;
+  readonly #listeners: ((e: StoreEvent) => void)[] = [];
+  readonly #waiters = new Map<string, Set<() => void>>();
+  #breakerOpenUntilMs = 0;
+  #cmdReady = false;
+  #subReady = false;
+  #wasConnected = false;
+  #closed = false;
+
+  private constructor(config: RedisStoreConfig, log: Logger, observer: RedisStoreObserver) {
+    this.#prefix = config.keyPrefix;
+    this.#channel = `${config.keyPrefix}events`;
+    this.#keyring = config.encryptionKeys.length > 0 ? new Keyring(config.encryptionKeys) : undefined;
+    this.#lockLeaseMs = config.lockLeaseMs;
+    this.#log = log;
+    this.#observer = observer;
+    this.#cmd = createClient(config, { requestPath: true });
+    this.#sub = createClient(config, { requestPath: false });
+    this.#watch(this.#cmd, 'commands', (ready) => (this.#cmdReady = ready));
+    this.#watch(this.#sub, 'events', (ready) => (this.#subReady = ready));
+    this.#sub.on('message', (channel: string, message: string) => {
+      if (channel === this.#channel) this.#onMessage(message);
+    });
+    // ioredis re-subscribes by itself after every reconnect.
+    this.#sub.subscribe(this.#channel).catch((err: unknown) => this.#log.warn({ event: 'store.subscribe_failed', err: errMessage(err) }, 'could not subscribe to token events'));
+  }
+
+  /**
+   * Connects in the background: a pod starts and serves even while Redis is down (it fetches for itself until
+   * Redis answers).
+   */
+  static async connect(config: RedisStoreConfig, log: Logger, observer: RedisStoreObserver = {}): Promise<RedisStore> {
+    return new RedisStore(config, log, observer);
+  }
+
+  tokenKey(key: string): string {
+    return `${this.#prefix}{${key}}:token`;
+  }
+
+  lockKey(key: string): string {
+    return `${this.#prefix}{${key}}:lock`;
+  }
+
+  async get(key: string): Promise<Token | undefined> {
+    const redisKey = this.tokenKey(key);
+    const text = await this.#call('get', () => this.#cmd.get(redisKey));
+    if (text === null) return undefined;
+    const decoded = decodeToken(redisKey, text, this.#keyring);
+    if (decoded.ok) return decoded.token;
+    // Never forwarded, never fatal: count it, say so without the content, and clear it so a fresh token can land.
+    this.#observer.decodeFailed?.(decoded.reason);
+    this.#log.warn({ event: 'store.bad_value', reason: decoded.reason, key: redisKey }, 'unreadable token value in the store; treated as a miss');
+    await this.#call('delete_bad', () => runScript(this.#cmd, DELETE_IF_EQUALS, [redisKey], [text])).catch(() => undefined);
+    return undefined;
+  }
+
+  async put(key: string, token: Token): Promise<void> {
+    const redisKey = this.tokenKey(key);
+    const ttlMs = Math.floor(token.expiresAtMs - Date.now());
+    // A token with no time left is not worth sharing, and PX must be a positive integer: never NaN, 0 or "forever".
+    if (!Number.isSafeInteger(ttlMs) || ttlMs <= 0) return;
+    const value = encodeToken(redisKey, token, this.#keyring);
+    await this.#call('put', () =>
+      runScript(this.#cmd, TOKEN_PUT_NEWER, [redisKey], [value, token.issuedAtMs, ttlMs, this.#channel, this.#message('r', key, token.fingerprint)]),
+    );
+  }
+
+  async tryLock(key: string): Promise<LockHandle | undefined> {
+    const lockKey = this.lockKey(key);
+    const owner = randomBytes(16).toString('hex');
+    const leaseMs = this.#lockLeaseMs;
+    const ok = await this.#call('lock', () => this.#cmd.set(lockKey, owner, 'PX', leaseMs, 'NX'));
+    if (ok !== 'OK') return undefined;
+    let held = true;
+    // Renew well before the lease ends, so a slow token endpoint never costs us the lock mid-fetch.
+    const renew = setInterval(() => {
+      runScript(this.#cmd, LOCK_RENEW, [lockKey], [owner, leaseMs]).then(
+        (renewed) => {
+          if (renewed !== 1) {
+            held = false;
+            clearInterval(renew);
+          }
+        },
+        () => undefined, // a missed renewal is retried at the next tick; the lease covers two more
+      );
+    }, Math.max(50, Math.floor(leaseMs / 3)));
+    renew.unref();
+    return {
+      get held() {
+        return held;
+      },
+      release: async () => {
+        clearInterval(renew);
+        if (!held) return;
+        held = false;
+        await this.#call('unlock', () => runScript(this.#cmd, DELETE_IF_EQUALS, [lockKey], [owner]));
+      },
+    };
+  }
+
+  waitForEvent(key: string, timeoutMs: number): Promise<void> {
+    return new Promise((resolve) => {
+      let set = this.#waiters.get(key);
+      if (!set) this.#waiters.set(key, (set = new Set()));
+      const waiters = set;
+      const done = () => {
+        clearTimeout(timer);
+        waiters.delete(done);
+        if (waiters.size === 0) this.#waiters.delete(key);
+        resolve();
+      };
+      const timer = setTimeout(done, timeoutMs);
+      timer.unref();
+      waiters.add(done);
+    });
+  }
+
+  async invalidate(key: string, fingerprint: string): Promise<boolean> {
+    const result = await this.#call('invalidate', () =>
+      runScript(this.#cmd, TOKEN_INVALIDATE, [this.tokenKey(key)], [fingerprint, this.#channel, this.#message('i', key, fingerprint)]),
+    );
+    return result === 1;
+  }
+
+  onEvent(listener: (e: StoreEvent) => void): void {
+    this.#listeners.push(listener);
+  }
+
+  eventsLive(): boolean {
+    return this.#subReady;
+  }
+
+  health(): StoreHealth {
+    return this.#cmdReady && this.#subReady && Date.now() >= this.#breakerOpenUntilMs ? 'ok' : 'degraded';
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    for (const waiters of this.#waiters.values()) for (const w of waiters) w();
+    this.#cmd.disconnect();
+    this.#sub.disconnect();
+  }
+
+  /** One store call with the breaker around it; every failure becomes StoreUnavailableError. */
+  async #call<T>(op: string, fn: () => Promise<T>): Promise<T> {
+    if (this.#closed) throw new StoreUnavailableError(op);
+    if (Date.now() < this.#breakerOpenUntilMs || !this.#cmdReady) {
+      this.#observer.error?.(op);
+      throw new StoreUnavailableError(op);
+    }
+    try {
+      return await fn();
+    } catch (err) {
+      this.#observer.error?.(op);
+      // Script and reply errors are answers, not outages; timeouts and connection errors open the breaker.
+      if (!(err instanceof Error && /^(ERR|NOSCRIPT|WRONGTYPE)/.test(err.message))) this.#breakerOpenUntilMs = Date.now() + BREAKER_OPEN_MS;
+      throw new StoreUnavailableError(op, err);
+    }
+  }
+
+  #message(e: EventMessage['e'], key: string, fp: string): string {
+    return JSON.stringify({ e, k: key, fp } satisfies EventMessage);
+  }
+
+  #onMessage(text: string): void {
+    let msg: unknown;
+    try {
+      msg = JSON.parse(text);
+    } catch {
+      return;
+    }
+    if (typeof msg !== 'object' || msg === null) return;
+    const { e, k, fp } = msg as Record<string, unknown>;
+    if (typeof k !== 'string' || typeof fp !== 'string' || (e !== 'r' && e !== 'i')) return;
+    const event: StoreEvent = e === 'r' ? { kind: 'refreshed', key: k, fingerprint: fp } : { kind: 'invalidated', key: k, fingerprint: fp };
+    for (const l of this.#listeners) l(event);
+    const waiters = this.#waiters.get(k);
+    if (waiters) for (const w of [...waiters]) w();
+  }
+
+  #watch(client: Client, role: 'commands' | 'events', setReady: (ready: boolean) => void): void {
+    let up = false;
+    client.on('ready', () => {
+      setReady(true);
+      if (role === 'commands') {
+        this.#breakerOpenUntilMs = 0;
+        this.#observer.up?.(true);
+        if (this.#wasConnected) for (const l of this.#listeners) l({ kind: 'reconnected' });
+        this.#wasConnected = true;
+      }
+      if (!up) this.#log.info({ event: 'store.connected', role }, `redis ${role} connection ready`);
+      up = true;
+    });
+    const down = (err?: unknown) => {
+      setReady(false);
+      if (role === 'commands') this.#observer.up?.(false);
+      if (up && !this.#closed) this.#log.warn({ event: 'store.disconnected', role, err: err === undefined ? undefined : errMessage(err) }, `redis ${role} connection lost; reconnecting`);
+      up = false;
+    };
+    client.on('close', () => down());
+    client.on('end', () => down());
+    // ioredis emits 'error' on every failed reconnect attempt; without a listener the process would crash.
+    client.on('error', (err: unknown) => this.#log.debug({ event: 'store.error', role, err: errMessage(err) }, 'redis error'));
+  }
+}
+
+function errMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+function tlsOptions(config: RedisStoreConfig): ConnectionOptions | undefined {
+  const useTls = config.url?.startsWith('rediss://') || config.tls !== undefined;
+  if (!useTls) return undefined;
+  const t = config.tls;
+  return {
+    ...(t?.ca ? { ca: t.ca } : {}),
+    ...(t?.cert ? { cert: t.cert } : {}),
+    ...(t?.key ? { key: t.key.reveal() } : {}),
+    ...(t?.servername ? { servername: t.servername } : {}),
+  };
+}
+
+/**
+ * Request-path connections fail fast (deadline per command, no offline queue, no retries of a sent command);
+ * the pub/sub connection queues its SUBSCRIBE until connected. Both reconnect forever with a capped backoff.
+ */
+function createClient(config: RedisStoreConfig, opts: { requestPath: boolean }): Client {
+  const tls = tlsOptions(config);
+  const base: RedisOptions = {
+    ...(config.username ? { username: config.username } : {}),
+    ...(config.password ? { password: config.password.reveal() } : {}),
+    ...(tls ? { tls } : {}),
+    connectTimeout: 2_000,
+    enableOfflineQueue: !opts.requestPath,
+    maxRetriesPerRequest: opts.requestPath ? 0 : null,
+    ...(opts.requestPath ? { commandTimeout: config.commandTimeoutMs } : {}),
+    retryStrategy: (times: number) => Math.min(100 * 2 ** Math.min(times, 5), 2_000),
+    lazyConnect: false,
+  };
+  if (config.cluster) {
+    const clusterOpts: ClusterOptions = {
+      redisOptions: base,
+      enableOfflineQueue: !opts.requestPath,
+      clusterRetryStrategy: (times: number) => Math.min(100 * 2 ** Math.min(times, 5), 2_000),
+      scaleReads: 'master',
+      ...(tls ? { dnsLookup: (address: string, callback: (err: null, address: string) => void) => callback(null, address) } : {}),
+    };
+    return new Cluster(config.cluster, clusterOpts);
+  }
+  if (config.sentinels) {
+    return new Redis({
+      ...base,
+      sentinels: config.sentinels,
+      name: config.name ?? 'mymaster',
+      ...(config.sentinelPassword ? { sentinelPassword: config.sentinelPassword.reveal() } : {}),
+      ...(tls ? { enableTLSForSentinelMode: true, sentinelTLS: tls } : {}),
+      sentinelRetryStrategy: (times: number) => Math.min(100 * 2 ** Math.min(times, 5), 2_000),
+    });
+  }
+  return new Redis(config.url ?? 'redis://127.0.0.1:6379', base);
+}

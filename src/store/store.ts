@@ -7,7 +7,9 @@ import type { Token } from '../tokens/token.js';
 
 export type StoreEvent =
   | { kind: 'refreshed'; key: string; fingerprint: string }
-  | { kind: 'invalidated'; key: string; fingerprint: string };
+  | { kind: 'invalidated'; key: string; fingerprint: string }
+  /** The store came back after an outage (it may have lost its data). */
+  | { kind: 'reconnected' };
 
 export interface LockHandle {
   /** False once the lease was lost (renewal failed or it expired): the holder may still write, newer-wins protects it. */

@@ -437,6 +437,10 @@ export class TokenManager {
   }
 
   #onStoreEvent(event: StoreEvent): void {
+    if (event.kind === 'reconnected') {
+      for (const entry of this.#entries.values()) void this.#reseed(entry);
+      return;
+    }
     const entry = this.#entries.get(event.key);
     if (!entry) return;
     if (event.kind === 'invalidated') this.#revokeLocally(entry, event.fingerprint, 'fleet');
@@ -454,6 +458,21 @@ export class TokenManager {
       }
     } catch (err) {
       this.#storeTrouble('adopt', err);
+    }
+  }
+
+  /**
+   * The store is back after an outage and may have lost its data: share our token again (newer-wins keeps a fresher
+   * one), or take the store's if it is newer. This is how pods rejoin without a new token request.
+   */
+  async #reseed(entry: Entry): Promise<void> {
+    const mine = entry.token;
+    try {
+      const shared = await this.#store.get(entry.key);
+      if (!shared && mine && isUsable(mine, this.#now())) await this.#store.put(entry.key, mine);
+      else if (shared && (!mine || shared.issuedAtMs > mine.issuedAtMs)) await this.#adopt(entry);
+    } catch (err) {
+      this.#storeTrouble('reseed', err);
     }
   }
 
