@@ -1,0 +1,294 @@
+/** The Redis store against real redis-server processes: keys, TTLs, encryption, scripts, locks and failure behaviour. */
+import { randomBytes } from 'node:crypto';
+import { Writable } from 'node:stream';
+import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
+import { Redis } from 'ioredis';
+import { Secret } from '../../src/config/secret.js';
+import type { OAuth2Auth, RedisStoreConfig } from '../../src/config/types.js';
+import { createLogger } from '../../src/log.js';
+import { RedisStore } from '../../src/store/redis.js';
+import { StoreUnavailableError, type StoreEvent } from '../../src/store/store.js';
+import { TokenManager } from '../../src/tokens/manager.js';
+import { makeToken, type Token } from '../../src/tokens/token.js';
+import { makeCerts } from '../helpers/certs.js';
+import { startRedis, type RedisServer } from '../helpers/redis.js';
+import { waitUntil } from '../helpers/wait.js';
+
+const lines: string[] = [];
+const log = createLogger({
+  level: 'debug',
+  destination: new Writable({ write: (chunk: Buffer, _enc, done) => (lines.push(chunk.toString()), done()) }),
+});
+
+const KEY = 'a'.repeat(32);
+const stores: RedisStore[] = [];
+
+function config(redis: RedisServer, over: Partial<RedisStoreConfig> = {}): RedisStoreConfig {
+  return {
+    type: 'redis',
+    url: redis.url,
+    sentinels: undefined,
+    name: undefined,
+    sentinelPassword: undefined,
+    cluster: undefined,
+    username: undefined,
+    password: undefined,
+    tls: undefined,
+    keyPrefix: `t${randomBytes(3).toString('hex')}:`,
+    commandTimeoutMs: 100,
+    lockLeaseMs: 5_000,
+    lockWaitTimeoutMs: 15_000,
+    encryptionKeys: [],
+    ...over,
+  };
+}
+
+async function open(cfg: RedisStoreConfig): Promise<RedisStore> {
+  const store = await RedisStore.connect(cfg, log);
+  stores.push(store);
+  await waitUntil(() => store.health() === 'ok', 5_000, 10, 'store ready');
+  return store;
+}
+
+function token(value: string, issuedAtMs = Date.now(), lifetimeMs = 60_000): Token {
+  return makeToken({ value, tokenType: 'Bearer', issuedAtMs, expiresAtMs: issuedAtMs + lifetimeMs, scope: undefined, lifetimeSource: 'expires_in' });
+}
+
+const key32 = () => randomBytes(32);
+
+let redis: RedisServer;
+beforeAll(async () => {
+  redis = await startRedis();
+});
+afterAll(async () => {
+  await redis.stop();
+});
+afterEach(async () => {
+  await Promise.all(stores.splice(0).map((s) => s.close()));
+});
+
+describe('keys and values', () => {
+  it('keys are prefix + {hash}: token and lock share a slot, reveal nothing, and always carry a TTL', async () => {
+    const cfg = config(redis);
+    const store = await open(cfg);
+    await store.put(KEY, token('tok-1'));
+    const lock = await store.tryLock(KEY);
+    expect(lock).toBeDefined();
+    const keys = ((await redis.command('KEYS', `${cfg.keyPrefix}*`)) as string[]).sort();
+    expect(keys).toEqual([`${cfg.keyPrefix}{${KEY}}:lock`, `${cfg.keyPrefix}{${KEY}}:token`]);
+    for (const k of keys) {
+      const pttl = Number(await redis.command('PTTL', k));
+      expect(pttl, k).toBeGreaterThan(0);
+    }
+    await lock?.release();
+    expect(await redis.command('EXISTS', `${cfg.keyPrefix}{${KEY}}:lock`)).toBe(0);
+  });
+
+  it('in a Cluster, a token and its lock hash to the same slot', async () => {
+    const [node] = inject('redisCluster').nodes;
+    if (!node) throw new Error('no cluster');
+    const client = new Redis(node.port, node.host);
+    try {
+      const store = await open(config(redis));
+      const slots = await Promise.all([store.tokenKey(KEY), store.lockKey(KEY)].map((k) => client.call('CLUSTER', 'KEYSLOT', k)));
+      expect(slots[0]).toBe(slots[1]);
+      expect(await client.call('CLUSTER', 'KEYSLOT', store.tokenKey('b'.repeat(32)))).not.toBe(slots[0]);
+    } finally {
+      client.disconnect();
+    }
+  });
+
+  it('a token that expires in a few ms is written with a TTL that ends with it, and an expired one is not written', async () => {
+    const cfg = config(redis);
+    const store = await open(cfg);
+    await store.put(KEY, token('short', Date.now() - 59_000)); // 1 s left
+    const pttl = Number(await redis.command('PTTL', `${cfg.keyPrefix}{${KEY}}:token`));
+    expect(pttl).toBeGreaterThan(0);
+    expect(pttl).toBeLessThanOrEqual(1_000);
+    await store.put('b'.repeat(32), token('dead', Date.now() - 120_000));
+    expect(await redis.command('EXISTS', `${cfg.keyPrefix}{${'b'.repeat(32)}}:token`)).toBe(0);
+  });
+
+  it('newer wins: a late writer never replaces a fresher token', async () => {
+    const store = await open(config(redis));
+    const now = Date.now();
+    await store.put(KEY, token('fresh', now));
+    await store.put(KEY, token('stale', now - 10_000));
+    expect((await store.get(KEY))?.value.reveal()).toBe('fresh');
+    await store.put(KEY, token('fresher', now + 5));
+    expect((await store.get(KEY))?.value.reveal()).toBe('fresher');
+  });
+
+  it('compare-and-invalidate deletes only the token that failed, and tells the other pods', async () => {
+    const cfg = config(redis);
+    const [a, b] = [await open(cfg), await open(cfg)];
+    const events: StoreEvent[] = [];
+    b.onEvent((e) => events.push(e));
+    const t = token('current');
+    await a.put(KEY, t);
+    expect(await a.invalidate(KEY, token('older').fingerprint)).toBe(false);
+    expect((await a.get(KEY))?.fingerprint).toBe(t.fingerprint);
+    expect(await a.invalidate(KEY, t.fingerprint)).toBe(true);
+    expect(await a.get(KEY)).toBeUndefined();
+    await waitUntil(() => events.some((e) => e.kind === 'invalidated' && e.fingerprint === t.fingerprint), 2_000, 5, 'invalidated event');
+    expect(events.some((e) => e.kind === 'refreshed' && e.fingerprint === t.fingerprint)).toBe(true);
+  });
+});
+
+describe('encryption', () => {
+  it('sealed values never contain the token; rotation: the first key seals, all keys open', async () => {
+    const [k1, k2] = [key32(), key32()];
+    const cfg = config(redis, { encryptionKeys: [{ id: 'k1', key: k1 }] });
+    const old = await open(cfg);
+    const t = token(`secret-token-${randomBytes(8).toString('hex')}`);
+    await old.put(KEY, t);
+    const raw = String(await redis.command('GET', `${cfg.keyPrefix}{${KEY}}:token`));
+    expect(raw).not.toContain(t.value.reveal());
+    expect(JSON.parse(raw)).toMatchObject({ v: 1, fp: t.fingerprint, enc: { kid: 'k1' } });
+    const rotated = await open({ ...cfg, encryptionKeys: [{ id: 'k2', key: k2 }, { id: 'k1', key: k1 }] });
+    expect((await rotated.get(KEY))?.value.reveal()).toBe(t.value.reveal());
+    await rotated.put(KEY, token('after-rotation', Date.now() + 10));
+    const rewritten = JSON.parse(String(await redis.command('GET', `${cfg.keyPrefix}{${KEY}}:token`))) as { enc: { kid: string } };
+    expect(rewritten.enc.kid).toBe('k2');
+  });
+
+  it('a wrong key id, a tampered ciphertext, an edited expiry or a planted plaintext value is a miss, logged without content, and cleared', async () => {
+    const cfg = config(redis, { encryptionKeys: [{ id: 'k1', key: key32() }] });
+    const store = await open(cfg);
+    const redisKey = `${cfg.keyPrefix}{${KEY}}:token`;
+    const t = token(`tok-${randomBytes(8).toString('hex')}`);
+    const cases: [string, (v: Record<string, unknown> & { enc: Record<string, string> }) => unknown][] = [
+      ['kid', (v) => ({ ...v, enc: { ...v.enc, kid: 'nope' } })],
+      ['ciphertext', (v) => ({ ...v, enc: { ...v.enc, ct: Buffer.from('x'.repeat(40)).toString('base64') } })],
+      ['short tag', (v) => ({ ...v, enc: { ...v.enc, tag: Buffer.from(v.enc['tag'] ?? '', 'base64').subarray(0, 8).toString('base64') } })],
+      ['expiry', (v) => ({ ...v, exp: Number(v['exp']) + 3_600_000 })],
+      ['plaintext', (v) => ({ v: 1, iat: v['iat'], exp: v['exp'], fp: v['fp'], tok: { t: 'planted', ty: 'Bearer', src: 'expires_in' } })],
+      ['garbage', () => 'not json at all'],
+    ];
+    for (const [name, tamper] of cases) {
+      await store.put(KEY, token(t.value.reveal(), Date.now()));
+      const sealed = JSON.parse(String(await redis.command('GET', redisKey))) as Record<string, unknown> & { enc: Record<string, string> };
+      const bad = tamper(sealed);
+      await redis.command('SET', redisKey, typeof bad === 'string' ? bad : JSON.stringify(bad), 'PX', 60_000);
+      const before = lines.length;
+      expect(await store.get(KEY), name).toBeUndefined();
+      expect(await redis.command('EXISTS', redisKey), name).toBe(0);
+      const logged = lines.slice(before).join('');
+      expect(logged, name).toContain('store.bad_value');
+      expect(logged, name).not.toContain(t.value.reveal());
+    }
+  });
+
+  it('the token manager treats a tampered value as a miss and overwrites it with a fresh token', async () => {
+    const cfg = config(redis, { encryptionKeys: [{ id: 'k1', key: key32() }] });
+    const store = await open(cfg);
+    let fetches = 0;
+    const auth = { type: 'oauth2', identity: KEY, refreshAheadRatio: 0.2 } as unknown as OAuth2Auth;
+    const manager = new TokenManager({
+      store,
+      log,
+      fetcher: { fetchToken: async () => token(`fetched-${++fetches}`) },
+    });
+    manager.setRoutes([{ name: 'r', auth } as never]);
+    await redis.command('SET', `${cfg.keyPrefix}{${KEY}}:token`, '{"v":1,"iat":1,"exp":99999999999999,"fp":"x","enc":{"kid":"k1","iv":"AAAA","ct":"AAAA","tag":"AAAA"}}', 'PX', 60_000);
+    const got = await manager.get('r');
+    expect(got.source).toBe('fetched');
+    expect(fetches).toBe(1);
+    expect((await store.get(KEY))?.fingerprint).toBe(got.token.fingerprint);
+    manager.close();
+  });
+});
+
+describe('the lock', () => {
+  it('one owner at a time; the lease is renewed while held; release is owner-only', async () => {
+    const cfg = config(redis, { lockLeaseMs: 300 });
+    const [a, b] = [await open(cfg), await open(cfg)];
+    const held = await a.tryLock(KEY);
+    expect(held?.held).toBe(true);
+    expect(await b.tryLock(KEY)).toBeUndefined();
+    await new Promise((r) => setTimeout(r, 1_000)); // > 3 leases: only renewal keeps it
+    expect(held?.held).toBe(true);
+    expect(await b.tryLock(KEY)).toBeUndefined();
+    await held?.release();
+    const next = await b.tryLock(KEY);
+    expect(next?.held).toBe(true);
+    // A stale handle (already released) must not delete the new owner's lock.
+    await held?.release();
+    expect(await redis.command('EXISTS', `${cfg.keyPrefix}{${KEY}}:lock`)).toBe(1);
+    await next?.release();
+  });
+
+  it('a holder whose lease was taken over notices and does not delete the new lock', async () => {
+    const cfg = config(redis, { lockLeaseMs: 300 });
+    const a = await open(cfg);
+    const held = await a.tryLock(KEY);
+    const lockKey = `${cfg.keyPrefix}{${KEY}}:lock`;
+    await redis.command('SET', lockKey, 'someone-else', 'PX', 5_000); // as if our lease had expired and another pod took it
+    await waitUntil(() => held?.held === false, 2_000, 20, 'renewal to notice the lost lease');
+    await held?.release();
+    expect(await redis.command('GET', lockKey)).toBe('someone-else');
+  });
+});
+
+describe('failure behaviour', () => {
+  it('a dead Redis fails a call at once; a frozen one within the command deadline, then the breaker skips it', async () => {
+    const own = await startRedis();
+    try {
+      const store = await open(config(own, { commandTimeoutMs: 50 }));
+      own.freeze();
+      let t0 = performance.now();
+      await expect(store.get(KEY)).rejects.toBeInstanceOf(StoreUnavailableError);
+      const frozenMs = performance.now() - t0;
+      expect(frozenMs).toBeLessThan(50 + 100);
+      t0 = performance.now();
+      await expect(store.get(KEY)).rejects.toBeInstanceOf(StoreUnavailableError);
+      expect(performance.now() - t0).toBeLessThan(10);
+      expect(store.health()).toBe('degraded');
+      own.thaw();
+      await own.kill('SIGKILL');
+      await waitUntil(() => store.health() === 'degraded', 2_000, 10, 'disconnect noticed');
+      t0 = performance.now();
+      await expect(store.get(KEY)).rejects.toBeInstanceOf(StoreUnavailableError);
+      const deadMs = performance.now() - t0;
+      expect(deadMs).toBeLessThan(10);
+      console.log(`store call: frozen Redis fails after ${frozenMs.toFixed(1)} ms (deadline 50 ms); dead Redis after ${deadMs.toFixed(2)} ms`);
+    } finally {
+      await own.stop();
+    }
+  });
+
+  it('rediss:// with a CA, a client certificate and an ACL user', async () => {
+    const certs = await makeCerts();
+    const own = await startRedis({ tls: certs, tlsAuthClients: true, aclUser: { name: 'sidecar', password: 'acl-pass' } });
+    try {
+      const store = await open(
+        config(own, {
+          url: `rediss://127.0.0.1:${own.port}`,
+          username: 'sidecar',
+          password: new Secret('acl-pass'),
+          tls: { ca: certs.ca, cert: certs.clientCert, key: new Secret(certs.clientKey), servername: 'localhost' },
+        }),
+      );
+      await store.put(KEY, token('over-tls'));
+      expect((await store.get(KEY))?.value.reveal()).toBe('over-tls');
+    } finally {
+      await own.stop();
+    }
+  });
+
+  it('a wrong password leaves the store degraded, never crashes, and never logs the password', async () => {
+    const own = await startRedis({ password: 'right-pass' });
+    try {
+      const before = lines.length;
+      const store = await RedisStore.connect(config(own, { url: `redis://127.0.0.1:${own.port}`, password: new Secret('wrong-pass-xyz') }), log);
+      stores.push(store);
+      await new Promise((r) => setTimeout(r, 500));
+      expect(store.health()).toBe('degraded');
+      await expect(store.get(KEY)).rejects.toBeInstanceOf(StoreUnavailableError);
+      expect(lines.slice(before).join('')).not.toContain('wrong-pass-xyz');
+    } finally {
+      await own.stop();
+    }
+  });
+});
+
