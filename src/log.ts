@@ -27,3 +27,19 @@ export function createLogger(opts: { level?: string; destination?: DestinationSt
   }
   return pino(base);
 }
+
+/** The audit (token lifecycle) logger: the main logger for `stdout`, else its own pino on stderr or a file. */
+export function createAuditLogger(destination: string, main: Logger): Logger {
+  if (destination === 'stdout') return main;
+  const dest = destination === 'stderr' ? pino.destination(2) : pino.destination({ dest: destination, mkdir: true, sync: false });
+  return pino(
+    {
+      level: main.level,
+      base: { pid: process.pid, stream: 'audit' },
+      redact: { paths: REDACT_PATHS, censor: '[redacted]' },
+      timestamp: pino.stdTimeFunctions.isoTime,
+      formatters: { level: (label: string) => ({ level: label }) },
+    },
+    dest,
+  );
+}

@@ -5,7 +5,7 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Config } from './config/types.js';
-import type { Logger } from './log.js';
+import { createAuditLogger, type Logger } from './log.js';
 import { SidecarError } from './errors.js';
 import { OAuthClient, type TokenFetcher } from './oauth/client.js';
 import { createStore } from './store/index.js';
@@ -16,6 +16,8 @@ import { buildRouteTable } from './proxy/match.js';
 import { ProxyHandler } from './proxy/server.js';
 import { sendErrorOnSocket } from './proxy/errors-to-http.js';
 import { createAdminServer, type Readiness } from './admin/server.js';
+import { adminApi } from './admin/api.js';
+import { Metrics } from './admin/metrics.js';
 
 export interface SidecarOptions {
   config: Config;
@@ -27,31 +29,46 @@ export interface SidecarOptions {
 export class Sidecar {
   #draining = false;
   #listening = false;
+  #config: Config;
 
   private constructor(
-    readonly config: Config,
+    config: Config,
     readonly log: Logger,
     readonly store: TokenStore,
     readonly manager: TokenManager,
+    readonly metrics: Metrics,
+    private readonly handler: ProxyHandler,
     private readonly forwarder: Forwarder,
     private readonly fetcher: TokenFetcher,
     private readonly proxyServer: Server,
     private readonly adminServer: Server,
-  ) {}
+  ) {
+    this.#config = config;
+  }
+
+  get config(): Config {
+    return this.#config;
+  }
 
   static async start(opts: SidecarOptions): Promise<Sidecar> {
     const { config, log } = opts;
-    const store = opts.store ?? (await createStore(config.store, log));
+    // The metrics read the manager and store lazily, so they can exist before both.
+    let manager: TokenManager | undefined;
+    let store: TokenStore | undefined;
+    const metrics = new Metrics({ expiries: () => manager?.expiries() ?? new Map(), storeUp: () => store?.health() === 'ok' });
+    store = opts.store ?? (await createStore(config.store, log, metrics.store));
     const fetcher = opts.fetcher ?? new OAuthClient();
-    const manager = new TokenManager({
+    manager = new TokenManager({
       store,
       fetcher,
       log,
+      audit: createAuditLogger(config.audit.destination, log),
+      observer: metrics.tokens,
       ...(config.store.type === 'redis' ? { lockWaitTimeoutMs: config.store.lockWaitTimeoutMs } : {}),
     });
     manager.setRoutes(config.routes);
     const forwarder = new Forwarder();
-    const handler = new ProxyHandler({ manager, forwarder, log }, { table: buildRouteTable(config.routes) });
+    const handler = new ProxyHandler({ manager, forwarder, log, observer: metrics.requests }, { table: buildRouteTable(config.routes) });
     // Apps on localhost keep connections open; outlive typical client idle timeouts so a reused socket is never
     // closed under a request in flight.
     const proxyServer = createServer({ keepAliveTimeout: 65_000 }, handler.handle);
@@ -59,8 +76,12 @@ export class Sidecar {
       sendErrorOnSocket(socket, new SidecarError('TUNNEL_NOT_SUPPORTED', 'CONNECT is not supported: call http:// and the sidecar opens TLS to the vendor'));
     });
     let sidecar: Sidecar | undefined;
-    const adminServer = createAdminServer({ readiness: () => sidecar?.readiness() ?? { ready: false, checks: { starting: 'failing' } } });
-    sidecar = new Sidecar(config, log, store, manager, forwarder, fetcher, proxyServer, adminServer);
+    const api = adminApi({ metrics, manager, routes: () => sidecar?.config.routes ?? config.routes });
+    const adminServer = createAdminServer({
+      readiness: () => sidecar?.readiness() ?? { ready: false, checks: { starting: 'failing' } },
+      extra: api,
+    });
+    sidecar = new Sidecar(config, log, store, manager, metrics, handler, forwarder, fetcher, proxyServer, adminServer);
     try {
       await listen(proxyServer, config.listen.host, config.listen.port, 'listen');
       await listen(adminServer, config.admin.host, config.admin.port, 'admin');
@@ -85,6 +106,23 @@ export class Sidecar {
     return urlOf(this.adminServer);
   }
 
+  /**
+   * Swap in a reloaded config. Requests already running finish on the routes they matched; tokens of unchanged
+   * credentials are kept; a route whose credentials changed gets a new cache key, so its old token is never served.
+   * Listeners, the store and the audit destination are fixed at start: changing them needs a restart.
+   */
+  apply(next: Config): void {
+    const fixed = (['listen', 'admin', 'store', 'audit'] as const).filter((k) => JSON.stringify(next[k]) !== JSON.stringify(this.#config[k]));
+    if (fixed.length > 0) this.log.warn({ event: 'config.restart_needed', keys: fixed }, `changes to ${fixed.join(', ')} take effect after a restart`);
+    const applied: Config = { ...next, listen: this.#config.listen, admin: this.#config.admin, store: this.#config.store, audit: this.#config.audit };
+    this.manager.setRoutes(applied.routes);
+    this.handler.setSnapshot({ table: buildRouteTable(applied.routes) });
+    this.forwarder.retain(applied.routes);
+    this.#config = applied;
+    void this.manager.warmUp();
+    this.log.info({ event: 'config.reloaded', routes: applied.routes.map((r) => r.name) }, 'config reloaded');
+  }
+
   readiness(): Readiness {
     const warm = this.manager.warmRoutesReady();
     const checks: Readiness['checks'] = {
@@ -98,7 +136,7 @@ export class Sidecar {
   }
 
   /** Stop accepting, let in-flight requests finish (bounded), then release everything. */
-  async stop(drainTimeoutMs = this.config.drainTimeoutMs): Promise<void> {
+  async stop(drainTimeoutMs = this.#config.drainTimeoutMs): Promise<void> {
     this.#draining = true;
     await closeGracefully(this.proxyServer, drainTimeoutMs);
     await closeGracefully(this.adminServer, 0);

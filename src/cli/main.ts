@@ -8,6 +8,7 @@ import { createStore } from '../store/index.js';
 import { OAuthClient } from '../oauth/client.js';
 import { TokenManager } from '../tokens/manager.js';
 import { isSidecarError } from '../errors.js';
+import { ConfigWatcher } from '../config/watch.js';
 
 const HELP = `token-sidecar — inject short-lived OAuth2 access tokens into an app's calls to vendor APIs
 
@@ -150,6 +151,15 @@ async function start(file: string): Promise<number> {
     log.fatal({ event: 'start_failed', err: (err as Error).message }, 'could not start');
     return 2;
   }
+  const watcher = new ConfigWatcher(file, result.files, (next) => {
+    if (next.ok) {
+      for (const w of next.warnings) log.warn({ event: 'config.warning' }, w);
+      sidecar.apply(next.config);
+    } else {
+      log.error({ event: 'config.reload_failed', problems: next.problems }, `${file}: ${next.problems.length} problem(s); still serving the last good config`);
+    }
+  });
+  await watcher.start();
   return new Promise<number>((resolve) => {
     let stopping = false;
     const stop = (signal: string) => {
@@ -159,6 +169,7 @@ async function start(file: string): Promise<number> {
         return;
       }
       stopping = true;
+      watcher.stop();
       log.info({ event: 'draining', signal, drainTimeoutMs: result.config.drainTimeoutMs }, 'draining');
       void sidecar.stop().then(() => {
         log.info({ event: 'stopped' }, 'stopped');
@@ -167,8 +178,10 @@ async function start(file: string): Promise<number> {
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
-    // Until hot reload lands, SIGHUP must at least not kill the process (its default action).
-    process.on('SIGHUP', () => log.warn({ event: 'reload.unsupported' }, 'SIGHUP received: restart to apply config changes'));
+    process.on('SIGHUP', () => {
+      log.info({ event: 'config.reload_requested', signal: 'SIGHUP' }, 'reloading');
+      void watcher.check(true);
+    });
   });
 }
 

@@ -4,7 +4,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { isAbsolute, resolve, dirname } from 'node:path';
-import { parseDocument } from 'yaml';
+import { LineCounter, parseDocument } from 'yaml';
 import type { z } from 'zod';
 import { configSchema, type RawConfig, type RawRedis, type RawRoute, type RawTls, type SecretRef } from './schema.js';
 import { Secret } from './secret.js';
@@ -40,19 +40,27 @@ export async function loadConfigText(
   opts: { env?: NodeJS.ProcessEnv; baseDir?: string; fileName?: string } = {},
 ): Promise<LoadResult> {
   const fileName = opts.fileName ?? 'routes.yaml';
-  const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true });
+  // yaml fills `linePos` only with prettyErrors; a LineCounter gives the position without the multi-line message.
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true, lineCounter });
   if (doc.errors.length > 0) {
     const problems = doc.errors.map((e) => {
-      const pos = e.linePos?.[0];
+      const pos = e.linePos?.[0] ?? lineCounter.linePos(e.pos[0]);
       return `${fileName}${pos ? `:${pos.line}:${pos.col}` : ''}: ${e.message.split('\n')[0] ?? e.message}`;
     });
     return { ok: false, problems, files: [] };
   }
-  const parsed = configSchema.safeParse(doc.toJS());
-  if (!parsed.success) return { ok: false, problems: zodProblems(parsed.error), files: [] };
+  const js: unknown = doc.toJS();
+  const parsed = configSchema.safeParse(js);
   const resolver = new SecretResolver(opts.env ?? process.env, opts.baseDir ?? process.cwd());
+  if (!parsed.success) {
+    // Report everything in one run: the schema problems, and also the secret references and plain-http URLs of
+    // the parts that could be read.
+    await checkRawSecrets(js, [], resolver);
+    return { ok: false, problems: [...zodProblems(parsed.error), ...insecureUrls(js), ...resolver.problems], files: [] };
+  }
   const config = await build(parsed.data, resolver);
-  const problems = [...insecureUrls(parsed.data), ...resolver.problems];
+  const problems = [...insecureUrls(js), ...resolver.problems];
   if (problems.length > 0) return { ok: false, problems, files: resolver.files };
   return { ok: true, config, warnings: resolver.warnings, files: resolver.files };
 }
@@ -61,20 +69,46 @@ function zodProblems(error: z.ZodError): string[] {
   return error.issues.map((issue) => `${formatPath(issue.path)}: ${issue.message}`);
 }
 
-/** Plain http is allowed only to loopback: elsewhere a token or secret would cross the network in clear. */
-function insecureUrls(raw: RawConfig): string[] {
+/**
+ * Plain http is allowed only to loopback: elsewhere a token or secret would cross the network in clear. Reads the
+ * raw document, so it also runs when the schema failed elsewhere.
+ */
+function insecureUrls(raw: unknown): string[] {
   const problems: string[] = [];
-  raw.routes.forEach((r, i) => {
-    if (r.allowInsecureHttp) return;
-    const check = (url: URL, path: string) => {
+  const routes = isRecord(raw) && Array.isArray(raw['routes']) ? (raw['routes'] as unknown[]) : [];
+  routes.forEach((r, i) => {
+    if (!isRecord(r) || r['allowInsecureHttp'] === true) return;
+    const check = (text: unknown, path: string) => {
+      if (typeof text !== 'string' || !URL.canParse(text)) return;
+      const url = new URL(text);
       if (url.protocol === 'http:' && !isLoopbackHost(url.hostname)) {
         problems.push(`routes[${i}].${path}: plain http to ${url.hostname} would send credentials in clear; use https or set allowInsecureHttp: true`);
       }
     };
-    check(r.upstream, 'upstream');
-    if (r.auth.type === 'oauth2') check(r.auth.tokenUrl, 'auth.tokenUrl');
+    check(r['upstream'], 'upstream');
+    const auth = r['auth'];
+    if (isRecord(auth) && auth['type'] === 'oauth2') check(auth['tokenUrl'], 'auth.tokenUrl');
   });
   return problems;
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** Every `{ fromEnv }` / `{ fromFile }` reference in a document the schema refused, checked as build() would. */
+async function checkRawSecrets(node: unknown, path: PropertyKey[], r: SecretResolver): Promise<void> {
+  if (Array.isArray(node)) {
+    for (const [i, v] of node.entries()) await checkRawSecrets(v, [...path, i], r);
+    return;
+  }
+  if (!isRecord(node)) return;
+  const keys = Object.keys(node);
+  if (keys.length === 1 && (typeof node['fromEnv'] === 'string' || typeof node['fromFile'] === 'string')) {
+    await r.get(node as SecretRef, formatPath(path));
+    return;
+  }
+  for (const k of keys) await checkRawSecrets(node[k], [...path, k], r);
 }
 
 class SecretResolver {
@@ -131,7 +165,7 @@ async function build(raw: RawConfig, r: SecretResolver): Promise<Config> {
     Promise.all(raw.routes.map((route, i) => buildRoute(route, `routes[${i}]`, r))),
     buildStore(raw.store, r),
   ]);
-  return { listen: raw.listen, admin: raw.admin, drainTimeoutMs: raw.drainTimeout, store, routes };
+  return { listen: raw.listen, admin: raw.admin, drainTimeoutMs: raw.drainTimeout, store, audit: raw.audit, routes };
 }
 
 async function buildRoute(raw: RawRoute, path: string, r: SecretResolver): Promise<Route> {

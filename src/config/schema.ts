@@ -212,30 +212,54 @@ export const configSchema = z
     /** Bound on the graceful drain at shutdown. */
     drainTimeout: durationMs.default(10_000),
     store: store.default({ type: 'memory' }),
+    /** Where token lifecycle (audit) events go: `stdout` (with the other logs), `stderr`, or a file path. */
+    audit: z.strictObject({ destination: z.string().min(1).default('stdout') }).default({ destination: 'stdout' }),
     routes: z.array(route).min(1, 'at least one route'),
   })
-  .superRefine((cfg, ctx) => {
-    const names = new Map<string, number>();
-    const matches = new Map<string, number>();
-    cfg.routes.forEach((r, i) => {
-      const firstName = names.get(r.name);
-      if (firstName !== undefined) {
-        ctx.addIssue({ code: 'custom', path: ['routes', i, 'name'], message: `duplicate route name "${r.name}" (routes[${firstName}])` });
-      } else names.set(r.name, i);
-      const key = `${r.match.host ?? '*'} ${r.match.pathPrefix ?? '/'}`;
-      const firstMatch = matches.get(key);
-      if (firstMatch !== undefined) {
-        ctx.addIssue({ code: 'custom', path: ['routes', i, 'match'], message: `same match as routes[${firstMatch}]` });
-      } else matches.set(key, i);
-    });
-    if (cfg.store.type === 'redis' && cfg.store.encryption) {
-      const ids = new Set<string>();
-      cfg.store.encryption.keys.forEach((k, i) => {
-        if (ids.has(k.id)) ctx.addIssue({ code: 'custom', path: ['store', 'encryption', 'keys', i, 'id'], message: `duplicate key id "${k.id}"` });
-        ids.add(k.id);
+  .superRefine(
+    (cfg, ctx) => {
+      // Runs even when other parts of the file failed (see `when`), so duplicates are reported together with every
+      // other problem; the value may then be partly invalid, so it is read defensively.
+      const obj = (v: unknown): Record<string, unknown> | undefined =>
+        typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
+      const routes: unknown[] = Array.isArray(cfg.routes) ? cfg.routes : [];
+      const names = new Map<string, number>();
+      const matches = new Map<string, number>();
+      routes.forEach((value, i) => {
+        const r = obj(value);
+        if (!r) return;
+        const name = r['name'];
+        if (typeof name === 'string') {
+          const firstName = names.get(name);
+          if (firstName !== undefined) {
+            ctx.addIssue({ code: 'custom', path: ['routes', i, 'name'], message: `duplicate route name "${name}" (routes[${firstName}])` });
+          } else names.set(name, i);
+        }
+        const m = obj(r['match']);
+        if (!m) return;
+        const host = typeof m['host'] === 'string' ? m['host'].toLowerCase() : '*';
+        const rawPrefix = typeof m['pathPrefix'] === 'string' ? m['pathPrefix'] : '/';
+        const prefix = rawPrefix.length > 1 ? rawPrefix.replace(/\/+$/, '') || '/' : rawPrefix;
+        const key = `${host} ${prefix}`;
+        const firstMatch = matches.get(key);
+        if (firstMatch !== undefined) {
+          ctx.addIssue({ code: 'custom', path: ['routes', i, 'match'], message: `same match as routes[${firstMatch}]` });
+        } else matches.set(key, i);
       });
-    }
-  });
+      const store = obj(cfg.store);
+      const keys = obj(store?.['encryption'])?.['keys'];
+      if (store?.['type'] === 'redis' && Array.isArray(keys)) {
+        const ids = new Set<string>();
+        keys.forEach((k: unknown, i) => {
+          const id = obj(k)?.['id'];
+          if (typeof id !== 'string') return;
+          if (ids.has(id)) ctx.addIssue({ code: 'custom', path: ['store', 'encryption', 'keys', i, 'id'], message: `duplicate key id "${id}"` });
+          ids.add(id);
+        });
+      }
+    },
+    { when: (payload) => typeof payload.value === 'object' && payload.value !== null },
+  );
 
 export type RawConfig = z.output<typeof configSchema>;
 export type RawRoute = RawConfig['routes'][number];

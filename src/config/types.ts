@@ -80,5 +80,6 @@ export interface Config {
   admin: HostPort;
   drainTimeoutMs: number;
   store: StoreConfig;
+  audit: { destination: string };
   routes: Route[];
 }

@@ -74,10 +74,14 @@ export class HeldResponse extends Writable {
 
 export class Forwarder {
   readonly #pools = new Map<string, Pool>();
+  /** Hot-path cache: route objects are immutable per loaded config. */
+  readonly #byRoute = new WeakMap<Route, Pool>();
 
   /** The pool for a route; keyed by everything that shapes its connections, so a reloaded route gets a fresh one. */
   poolFor(route: Route): Pool {
-    const key = JSON.stringify([route.name, route.upstreamOrigin, route.timeouts, route.upstreamTls?.ca, route.upstreamTls?.cert, route.upstreamTls?.servername]);
+    const cached = this.#byRoute.get(route);
+    if (cached && !cached.closed) return cached;
+    const key = poolKey(route);
     let pool = this.#pools.get(key);
     if (!pool) {
       const tls = route.upstreamTls;
@@ -92,6 +96,7 @@ export class Forwarder {
       });
       this.#pools.set(key, pool);
     }
+    this.#byRoute.set(route, pool);
     return pool;
   }
 
@@ -117,11 +122,26 @@ export class Forwarder {
     return held?.released ? undefined : held;
   }
 
+  /** After a reload: close the pools no route uses any more (close() lets their running requests finish). */
+  retain(routes: readonly Route[]): void {
+    const keep = new Set(routes.map(poolKey));
+    for (const [key, pool] of this.#pools) {
+      if (keep.has(key)) continue;
+      this.#pools.delete(key);
+      void pool.close().catch(() => pool.destroy());
+    }
+  }
+
   async close(): Promise<void> {
     const pools = [...this.#pools.values()];
     this.#pools.clear();
     await Promise.all(pools.map((p) => p.close().catch(() => p.destroy())));
   }
+}
+
+function poolKey(route: Route): string {
+  const tls = route.upstreamTls;
+  return JSON.stringify([route.name, route.upstreamOrigin, route.timeouts, tls?.ca, tls?.cert, tls?.key?.reveal(), tls?.servername]);
 }
 
 const TIMEOUTS = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'ETIMEDOUT']);

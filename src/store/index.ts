@@ -1,10 +1,11 @@
 import type { Logger } from '../log.js';
 import type { StoreConfig } from '../config/types.js';
 import { MemoryStore } from './memory.js';
+import type { RedisStoreObserver } from './redis.js';
 import type { TokenStore } from './store.js';
 
-export async function createStore(config: StoreConfig, log: Logger): Promise<TokenStore> {
+export async function createStore(config: StoreConfig, log: Logger, observer?: RedisStoreObserver): Promise<TokenStore> {
   if (config.type === 'memory') return new MemoryStore();
   const { RedisStore } = await import('./redis.js');
-  return RedisStore.connect(config, log);
+  return RedisStore.connect(config, log, observer);
 }

@@ -4,6 +4,7 @@
  * A token past its jittered refresh point is served while one background refresh runs; a failed refresh keeps the
  * still-valid token and retries with backoff; an expired token is never served.
  */
+import { hostname } from 'node:os';
 import type { Logger } from '../log.js';
 import type { OAuth2Auth, Route } from '../config/types.js';
 import type { TokenFetcher } from '../oauth/client.js';
@@ -46,6 +47,10 @@ export interface TokenManagerOptions {
   store: TokenStore;
   fetcher: TokenFetcher;
   log: Logger;
+  /** Where token lifecycle events go (default: `log`). */
+  audit?: Logger;
+  /** Named in audit events as the pod that did the work (default: the host name, which is the pod name in Kubernetes). */
+  podName?: string;
   now?: () => number;
   random?: () => number;
   /** Longest a pod waits for another pod's refresh before fetching itself. */
@@ -93,6 +98,8 @@ export class TokenManager {
   readonly #store: TokenStore;
   readonly #fetcher: TokenFetcher;
   readonly #log: Logger;
+  readonly #audit: Logger;
+  readonly #pod: string;
   readonly #now: () => number;
   readonly #random: () => number;
   readonly #lockWaitTimeoutMs: number;
@@ -105,6 +112,8 @@ export class TokenManager {
     this.#store = opts.store;
     this.#fetcher = opts.fetcher;
     this.#log = opts.log;
+    this.#audit = opts.audit ?? opts.log;
+    this.#pod = opts.podName ?? hostname();
     this.#now = opts.now ?? Date.now;
     this.#random = opts.random ?? Math.random;
     this.#lockWaitTimeoutMs = opts.lockWaitTimeoutMs ?? 15_000;
@@ -149,8 +158,17 @@ export class TokenManager {
     const now = this.#now();
     if (!isUsable(token, now)) return undefined;
     entry.lastUsedMs = now;
+    this.#observer.lookup?.(routeName, 'memory', true);
     if (now >= entry.refreshAtMs) this.#refreshInBackground(entry, 'ahead');
     return token;
+  }
+
+  /** Route → expiry of its usable token (for the expiry gauge). */
+  expiries(): Map<string, number> {
+    const now = this.#now();
+    const out = new Map<string, number>();
+    for (const [name, entry] of this.#byRoute) if (entry.token && isUsable(entry.token, now)) out.set(name, entry.token.expiresAtMs);
+    return out;
   }
 
   async get(routeName: string): Promise<TokenResult> {
@@ -313,9 +331,10 @@ export class TokenManager {
             // Read again under the lock: the previous holder may have written between our read and our lock.
             const again = await this.#store.get(entry.key);
             if (this.#acceptable(entry, again, want, this.#now())) return this.#install(entry, again, 'store');
+            const fetchStartedMs = this.#now();
             const token = await this.#fetch(entry);
             await this.#store.put(entry.key, token).catch((err: unknown) => this.#storeTrouble('put', err));
-            return this.#install(entry, token, 'fetched');
+            return this.#install(entry, token, 'fetched', this.#now() - fetchStartedMs);
           } finally {
             await lock.release().catch((err: unknown) => this.#storeTrouble('unlock', err));
           }
@@ -336,8 +355,9 @@ export class TokenManager {
       this.#storeTrouble('refresh', err);
     }
     // The store cannot coordinate: correctness does not depend on it, this pod fetches (still single-flight here).
+    const fetchStartedMs = this.#now();
     const token = await this.#fetch(entry);
-    return this.#install(entry, token, 'fetched');
+    return this.#install(entry, token, 'fetched', this.#now() - fetchStartedMs);
   }
 
   async #fetch(entry: Entry): Promise<Token> {
@@ -358,10 +378,12 @@ export class TokenManager {
           : e.retryAfterMs ?? Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** (entry.failures - 1)) * (0.5 + 0.5 * this.#random());
       entry.backoffUntilMs = now + backoffMs;
       this.#observer.fetchFailed?.(entry.routeName, e, now - startedMs);
-      this.#log.warn(
+      this.#audit.warn(
         {
           event: 'token.fetch_failed',
           route: entry.routeName,
+          grant: entry.auth.grant,
+          pod: this.#pod,
           code: e.code,
           oauthError: e.oauthError,
           httpStatus: e.httpStatus,
@@ -379,7 +401,7 @@ export class TokenManager {
     }
   }
 
-  #install(entry: Entry, token: Token, source: TokenSource): TokenResult {
+  #install(entry: Entry, token: Token, source: TokenSource, durationMs?: number): TokenResult {
     const now = this.#now();
     const previous = entry.token;
     // An event may have brought a newer token while this one was on its way.
@@ -395,14 +417,17 @@ export class TokenManager {
     entry.backoffUntilMs = 0;
     if (previous?.fingerprint !== token.fingerprint) {
       const event = source !== 'fetched' ? 'token.loaded' : previous ? 'token.refreshed' : 'token.fetched';
-      this.#log[source === 'fetched' ? 'info' : 'debug'](
+      this.#audit[source === 'fetched' ? 'info' : 'debug'](
         {
           event,
           route: entry.routeName,
+          grant: entry.auth.grant,
           fingerprint: token.fingerprint,
           expiresAt: new Date(token.expiresAtMs).toISOString(),
           lifetimeSource: token.lifetimeSource,
           source,
+          pod: this.#pod,
+          ...(durationMs === undefined ? {} : { durationMs }),
         },
         event,
       );
@@ -415,7 +440,17 @@ export class TokenManager {
   #schedule(entry: Entry): void {
     clearTimeout(entry.timer);
     entry.timer = undefined;
-    if (this.#closed || !entry.token) return;
+    if (this.#closed) return;
+    if (!entry.token) {
+      // A warm route with no token keeps trying in the background, so readiness recovers without traffic.
+      if (entry.warm && entry.failures > 0) {
+        entry.timer = setTimeout(() => {
+          entry.timer = undefined;
+          if (!entry.token && !entry.inflight) this.#singleFlight(entry, { reason: 'miss' }).catch(() => undefined);
+        }, Math.min(MAX_TIMER_MS, Math.max(0, entry.backoffUntilMs - this.#now()))).unref();
+      }
+      return;
+    }
     const atMs = entry.failures > 0 ? entry.backoffUntilMs : entry.refreshAtMs;
     const delayMs = Math.min(MAX_TIMER_MS, Math.max(0, atMs - this.#now()));
     entry.timer = setTimeout(() => {
@@ -424,7 +459,21 @@ export class TokenManager {
       if (!token || !isUsable(token, this.#now())) return;
       // Keep tokens fresh only for routes in use (or warm ones); an idle route lets its token lapse.
       if (entry.warm || entry.lastUsedMs >= entry.installedAtMs) this.#refreshInBackground(entry, 'ahead');
+      else this.#noteExpiryIfUnused(entry, token);
     }, delayMs).unref();
+  }
+
+  /** An idle route's token runs out: say so once (`token.expired_unused`), so operators can spot unused routes. */
+  #noteExpiryIfUnused(entry: Entry, token: Token): void {
+    const installedAtMs = entry.installedAtMs;
+    entry.timer = setTimeout(() => {
+      entry.timer = undefined;
+      if (entry.token !== token || entry.lastUsedMs >= installedAtMs) return;
+      this.#audit.info(
+        { event: 'token.expired_unused', route: entry.routeName, grant: entry.auth.grant, fingerprint: token.fingerprint, expiresAt: new Date(token.expiresAtMs).toISOString(), pod: this.#pod },
+        'token.expired_unused',
+      );
+    }, Math.min(MAX_TIMER_MS, Math.max(0, token.expiresAtMs - this.#now()))).unref();
   }
 
   #revokeLocally(entry: Entry, fingerprint: string, reason: string): void {
@@ -433,7 +482,7 @@ export class TokenManager {
     entry.token = undefined;
     entry.refreshAtMs = Number.POSITIVE_INFINITY;
     clearTimeout(entry.timer);
-    this.#log.info({ event: 'token.invalidated', route: entry.routeName, fingerprint, reason }, 'token.invalidated');
+    this.#audit.info({ event: 'token.invalidated', route: entry.routeName, grant: entry.auth.grant, fingerprint, reason, pod: this.#pod }, 'token.invalidated');
   }
 
   #onStoreEvent(event: StoreEvent): void {
