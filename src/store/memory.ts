@@ -1,5 +1,5 @@
 import type { Token } from '../tokens/token.js';
-import type { LockHandle, StoreEvent, TokenStore } from './store.js';
+import type { LockHandle, SharedFailure, StoreEvent, StoreRead, TokenStore } from './store.js';
 
 /**
  * The embedded store for one pod. The manager already single-flights per key, so the lock is never contended
@@ -9,6 +9,7 @@ export class MemoryStore implements TokenStore {
   readonly kind = 'memory' as const;
   readonly #tokens = new Map<string, Token>();
   readonly #locks = new Set<string>();
+  readonly #failures = new Map<string, SharedFailure>();
   readonly #listeners: ((e: StoreEvent) => void)[] = [];
 
   constructor(private readonly now: () => number = Date.now) {}
@@ -22,10 +23,21 @@ export class MemoryStore implements TokenStore {
     return token;
   }
 
+  async read(key: string): Promise<StoreRead> {
+    const failure = this.#failures.get(key);
+    if (failure && failure.untilMs <= this.now()) this.#failures.delete(key);
+    return { token: await this.get(key), failure: this.#failures.get(key) };
+  }
+
+  async putFailure(key: string, failure: SharedFailure): Promise<void> {
+    this.#failures.set(key, failure);
+  }
+
   async put(key: string, token: Token): Promise<void> {
     const current = this.#tokens.get(key);
     if (current && current.issuedAtMs > token.issuedAtMs) return;
     this.#tokens.set(key, token);
+    this.#failures.delete(key);
     this.#emit({ kind: 'refreshed', key, fingerprint: token.fingerprint });
   }
 

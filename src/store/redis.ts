@@ -14,8 +14,16 @@ import type { RedisStoreConfig } from '../config/types.js';
 import type { Token } from '../tokens/token.js';
 import { Keyring } from './crypto.js';
 import { decodeToken, encodeToken } from './codec.js';
-import { DELETE_IF_EQUALS, LOCK_RENEW, TOKEN_INVALIDATE, TOKEN_PUT_NEWER, runScript } from './scripts.js';
-import { StoreUnavailableError, type LockHandle, type StoreEvent, type StoreHealth, type TokenStore } from './store.js';
+import { DELETE_IF_EQUALS, FAILURE_PUT, LOCK_RENEW, TOKEN_INVALIDATE, TOKEN_PUT_NEWER, runScript } from './scripts.js';
+import {
+  StoreUnavailableError,
+  type LockHandle,
+  type SharedFailure,
+  type StoreEvent,
+  type StoreHealth,
+  type StoreRead,
+  type TokenStore,
+} from './store.js';
 
 /** After a failed call, skip Redis this long before trying again (a frozen Redis must not tax every cold request). */
 const BREAKER_OPEN_MS = 1_000;
@@ -29,7 +37,8 @@ export interface RedisStoreObserver {
 type Client = Redis | Cluster;
 
 interface EventMessage {
-  e: 'r' | 'i';
+  /** refreshed, invalidated, failed */
+  e: 'r' | 'i' | 'f';
   k: string;
   fp: string;
 }
@@ -86,9 +95,31 @@ export class RedisStore implements TokenStore {
     return `${this.#prefix}{${key}}:lock`;
   }
 
+  failureKey(key: string): string {
+    return `${this.#prefix}{${key}}:failure`;
+  }
+
   async get(key: string): Promise<Token | undefined> {
     const redisKey = this.tokenKey(key);
     const text = await this.#call('get', () => this.#cmd.get(redisKey));
+    return this.#decode(redisKey, text);
+  }
+
+  async read(key: string): Promise<StoreRead> {
+    const redisKey = this.tokenKey(key);
+    // Same hash tag, same slot: one MGET even on a Cluster.
+    const [text, failure] = await this.#call('get', () => this.#cmd.mget(redisKey, this.failureKey(key)));
+    return { token: await this.#decode(redisKey, text ?? null), failure: parseFailure(failure ?? null) };
+  }
+
+  async putFailure(key: string, failure: SharedFailure): Promise<void> {
+    const ttlMs = Math.floor(failure.untilMs - Date.now());
+    if (!Number.isSafeInteger(ttlMs) || ttlMs <= 0) return;
+    const value = JSON.stringify({ v: 1, kind: failure.kind, msg: failure.message.slice(0, 300), until: failure.untilMs });
+    await this.#call('put_failure', () => runScript(this.#cmd, FAILURE_PUT, [this.failureKey(key)], [value, ttlMs, this.#channel, this.#message('f', key, '')]));
+  }
+
+  async #decode(redisKey: string, text: string | null): Promise<Token | undefined> {
     if (text === null) return undefined;
     const decoded = decodeToken(redisKey, text, this.#keyring);
     if (decoded.ok) return decoded.token;
@@ -106,7 +137,7 @@ export class RedisStore implements TokenStore {
     if (!Number.isSafeInteger(ttlMs) || ttlMs <= 0) return;
     const value = encodeToken(redisKey, token, this.#keyring);
     await this.#call('put', () =>
-      runScript(this.#cmd, TOKEN_PUT_NEWER, [redisKey], [value, token.issuedAtMs, ttlMs, this.#channel, this.#message('r', key, token.fingerprint)]),
+      runScript(this.#cmd, TOKEN_PUT_NEWER, [redisKey, this.failureKey(key)], [value, token.issuedAtMs, ttlMs, this.#channel, this.#message('r', key, token.fingerprint)]),
     );
   }
 
@@ -216,9 +247,11 @@ export class RedisStore implements TokenStore {
     }
     if (typeof msg !== 'object' || msg === null) return;
     const { e, k, fp } = msg as Record<string, unknown>;
-    if (typeof k !== 'string' || typeof fp !== 'string' || (e !== 'r' && e !== 'i')) return;
-    const event: StoreEvent = e === 'r' ? { kind: 'refreshed', key: k, fingerprint: fp } : { kind: 'invalidated', key: k, fingerprint: fp };
-    for (const l of this.#listeners) l(event);
+    if (typeof k !== 'string' || typeof fp !== 'string' || (e !== 'r' && e !== 'i' && e !== 'f')) return;
+    if (e !== 'f') {
+      const event: StoreEvent = e === 'r' ? { kind: 'refreshed', key: k, fingerprint: fp } : { kind: 'invalidated', key: k, fingerprint: fp };
+      for (const l of this.#listeners) l(event);
+    }
     const waiters = this.#waiters.get(k);
     if (waiters) for (const w of [...waiters]) w();
   }
@@ -246,6 +279,18 @@ export class RedisStore implements TokenStore {
     client.on('end', () => down());
     // ioredis emits 'error' on every failed reconnect attempt; without a listener the process would crash.
     client.on('error', (err: unknown) => this.#log.debug({ event: 'store.error', role, err: errMessage(err) }, 'redis error'));
+  }
+}
+
+function parseFailure(text: string | null): SharedFailure | undefined {
+  if (text === null) return undefined;
+  try {
+    const v = JSON.parse(text) as Record<string, unknown>;
+    const { kind, msg, until } = v;
+    if ((kind !== 'rejected' && kind !== 'unavailable') || typeof msg !== 'string' || typeof until !== 'number' || !Number.isFinite(until)) return undefined;
+    return { kind, message: msg, untilMs: until };
+  } catch {
+    return undefined;
   }
 }
 

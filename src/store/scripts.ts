@@ -18,10 +18,11 @@ function script(name: string, keys: number, lua: string): LuaScript {
 }
 
 /**
- * token_put_newer: write a token unless a fresher one is already shared ("newer wins"), then announce it.
- * KEYS[1] token key · ARGV[1] value · ARGV[2] issued-at ms · ARGV[3] TTL ms · ARGV[4] channel · ARGV[5] message
+ * token_put_newer: write a token unless a fresher one is already shared ("newer wins"), clear the shared failure,
+ * then announce it.
+ * KEYS[1] token key · KEYS[2] failure key · ARGV[1] value · ARGV[2] issued-at ms · ARGV[3] TTL ms · ARGV[4] channel · ARGV[5] message
  */
-export const TOKEN_PUT_NEWER = script('token_put_newer', 1, `
+export const TOKEN_PUT_NEWER = script('token_put_newer', 2, `
 local current = redis.call('GET', KEYS[1])
 if current then
   -- An unreadable value is overwritten; a readable one wins only if it was issued later than ours.
@@ -31,7 +32,18 @@ if current then
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+redis.call('DEL', KEYS[2])
 redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+`);
+
+/**
+ * failure_put: remember a failed refresh for the backoff period and wake the waiting pods.
+ * KEYS[1] failure key · ARGV[1] value · ARGV[2] TTL ms · ARGV[3] channel · ARGV[4] message
+ */
+export const FAILURE_PUT = script('failure_put', 1, `
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 `);
 

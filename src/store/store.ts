@@ -19,11 +19,31 @@ export interface LockHandle {
 
 export type StoreHealth = 'ok' | 'degraded';
 
+/**
+ * A refresh that failed, shared so the rest of the fleet backs off too instead of each pod trying in turn
+ * (a bad secret or an IdP outage must cost one call per backoff period, not one per pod).
+ */
+export interface SharedFailure {
+  kind: 'rejected' | 'unavailable';
+  /** Our own error text (sanitized vendor text at most; never a secret). */
+  message: string;
+  untilMs: number;
+}
+
+export interface StoreRead {
+  token: Token | undefined;
+  failure: SharedFailure | undefined;
+}
+
 export interface TokenStore {
   readonly kind: 'memory' | 'redis';
   /** The shared token for `key`; undefined on a miss or an unreadable value. Rejects with StoreUnavailableError. */
   get(key: string): Promise<Token | undefined>;
-  /** Write unless the store already holds a token issued later ("newer wins"); publishes `refreshed`. */
+  /** The token and any recent shared failure, in one round trip. */
+  read(key: string): Promise<StoreRead>;
+  /** Record a failed refresh until `failure.untilMs`, and wake the pods waiting on it. */
+  putFailure(key: string, failure: SharedFailure): Promise<void>;
+  /** Write unless the store already holds a token issued later ("newer wins"); clears a shared failure; publishes `refreshed`. */
   put(key: string, token: Token): Promise<void>;
   /** Take the refresh lock for `key`, or undefined if another holder has it. The lease is renewed until release. */
   tryLock(key: string): Promise<LockHandle | undefined>;

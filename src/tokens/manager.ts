@@ -10,7 +10,7 @@ import type { OAuth2Auth, Route } from '../config/types.js';
 import type { TokenFetcher } from '../oauth/client.js';
 import { TokenEndpointError } from '../oauth/response.js';
 import { SidecarError } from '../errors.js';
-import { StoreUnavailableError, type StoreEvent, type TokenStore } from '../store/store.js';
+import { StoreUnavailableError, type SharedFailure, type StoreEvent, type TokenStore } from '../store/store.js';
 import { isDueForRefresh, isUsable, jitteredRefreshAtMs, type Token } from './token.js';
 
 export type TokenSource = 'memory' | 'store' | 'fetched';
@@ -319,20 +319,30 @@ export class TokenManager {
   async #acquire(entry: Entry, want: Want): Promise<TokenResult> {
     const startedMs = this.#now();
     try {
-      const shared = await this.#store.get(entry.key);
+      const { token: shared, failure } = await this.#store.read(entry.key);
       const hit = this.#acceptable(entry, shared, want, this.#now());
       this.#observer.lookup?.(entry.routeName, 'store', hit);
       if (hit) return this.#install(entry, shared, 'store');
+      this.#throwIfSharedFailure(entry, failure, want);
       const deadlineMs = startedMs + this.#lockWaitTimeoutMs;
       for (;;) {
         const lock = await this.#store.tryLock(entry.key);
         if (lock) {
           try {
             // Read again under the lock: the previous holder may have written between our read and our lock.
-            const again = await this.#store.get(entry.key);
-            if (this.#acceptable(entry, again, want, this.#now())) return this.#install(entry, again, 'store');
+            const again = await this.#store.read(entry.key);
+            const againToken = again.token;
+            if (this.#acceptable(entry, againToken, want, this.#now())) return this.#install(entry, againToken, 'store');
+            this.#throwIfSharedFailure(entry, again.failure, want);
             const fetchStartedMs = this.#now();
-            const token = await this.#fetch(entry);
+            const token = await this.#fetch(entry).catch(async (err: unknown) => {
+              // Tell the fleet, so the other pods back off too instead of each trying in turn.
+              if (err instanceof TokenEndpointError && entry.lastError) {
+                const failure = { kind: err.kind, message: entry.lastError.message, untilMs: entry.backoffUntilMs };
+                await this.#store.putFailure(entry.key, failure).catch((e: unknown) => this.#storeTrouble('put_failure', e));
+              }
+              throw err;
+            });
             await this.#store.put(entry.key, token).catch((err: unknown) => this.#storeTrouble('put', err));
             return this.#install(entry, token, 'fetched', this.#now() - fetchStartedMs);
           } finally {
@@ -343,11 +353,13 @@ export class TokenManager {
         const remainingMs = deadlineMs - this.#now();
         if (remainingMs <= 0) break;
         await this.#store.waitForEvent(entry.key, Math.min(remainingMs, this.#pollIntervalMs));
-        const landed = await this.#store.get(entry.key);
-        if (this.#acceptable(entry, landed, want, this.#now())) {
+        const landed = await this.#store.read(entry.key);
+        const landedToken = landed.token;
+        if (this.#acceptable(entry, landedToken, want, this.#now())) {
           this.#observer.lockWait?.(entry.routeName, this.#now() - startedMs);
-          return this.#install(entry, landed, 'store');
+          return this.#install(entry, landedToken, 'store');
         }
+        this.#throwIfSharedFailure(entry, landed.failure, want);
       }
       this.#log.warn({ event: 'lock.wait_timeout', route: entry.routeName, waitedMs: this.#now() - startedMs }, 'gave up waiting for another pod\'s refresh; fetching here');
     } catch (err) {
@@ -358,6 +370,17 @@ export class TokenManager {
     const fetchStartedMs = this.#now();
     const token = await this.#fetch(entry);
     return this.#install(entry, token, 'fetched', this.#now() - fetchStartedMs);
+  }
+
+  /** Another pod's refresh just failed: back off as it does (an admin refresh still tries). */
+  #throwIfSharedFailure(entry: Entry, failure: SharedFailure | undefined, want: Want): void {
+    const now = this.#now();
+    if (!failure || want.reason === 'forced' || failure.untilMs <= now) return;
+    entry.lastError = { code: failure.kind === 'rejected' ? 'TOKEN_REJECTED' : 'TOKEN_UNAVAILABLE', message: failure.message, atMs: now };
+    entry.lastErrorKind = failure.kind;
+    entry.backoffUntilMs = Math.max(entry.backoffUntilMs, failure.untilMs);
+    this.#schedule(entry);
+    throw new TokenEndpointError(failure.kind, failure.message, { route: entry.routeName, retryAfterMs: failure.untilMs - now });
   }
 
   async #fetch(entry: Entry): Promise<Token> {
@@ -526,6 +549,7 @@ export class TokenManager {
   }
 
   #storeTrouble(op: string, err: unknown): void {
-    this.#log.debug({ event: 'store.error', op, err: err instanceof Error ? err.message : String(err) }, 'store call failed');
+    // Once per refresh at most (never per request): worth a warning, it means the fleet is not sharing.
+    this.#log.warn({ event: 'store.error', op, err: err instanceof Error ? (err.cause instanceof Error ? `${err.message}: ${err.cause.message}` : err.message) : String(err) }, 'store call failed; this pod fetches for itself');
   }
 }

@@ -36,8 +36,13 @@ afterEach(async () => {
   vendor.unauthorizedNext(0);
 });
 
+/**
+ * The fleet tests run 8+ sidecars, Redis and the load on 2 cores, where event-loop lag can pass the 100 ms default
+ * command deadline and send a pod to its (correct, but counted) per-pod fallback. They test the lock protocol, so they
+ * use a 1 s deadline; the deadline itself is tested in redis-store.test.ts (frozen and dead Redis).
+ */
 function storeYaml(redis: string, extra = ''): string {
-  return `store:\n  type: redis\n  redis:\n${redis}\n    keyPrefix: "t${randomBytes(4).toString('hex')}:"\n${extra}`;
+  return `store:\n  type: redis\n  redis:\n${redis}\n    keyPrefix: "t${randomBytes(4).toString('hex')}:"\n    commandTimeout: 1s\n${extra}`;
 }
 
 function fleetConfig(store: string): Promise<string> {
@@ -95,6 +100,7 @@ async function fleetSingleFlight(label: string, store: string): Promise<void> {
   console.log(`${label}: 320 cold requests, first answer ${first.toFixed(0)} ms (token endpoint 300 ms); waiters after the first: p50 +${extra(0.5).toFixed(1)} ms, p99 +${extra(0.99).toFixed(1)} ms, max +${extra(1).toFixed(1)} ms`);
   expect(results.filter((r) => r.status !== 200).map((r) => r.body)).toEqual([]);
   expect(results).toHaveLength(320);
+  if (idp.calls - callsBefore !== 1) console.log(fleet.map((p) => p.lines.filter((l) => /token\.|store\.|lock\./.test(l)).join('\n')).join('\n---\n'));
   expect(idp.calls - callsBefore).toBe(1);
   const fingerprints = new Set(vendor.requests.slice(-320).map((r) => fingerprintOf((r.authorization ?? '').slice(7))));
   expect(fingerprints.size).toBe(1);
@@ -161,6 +167,38 @@ describe('fleet on standalone Redis', () => {
     expect(servedAfterKillMs).toBeLessThan(leaseMs + 100 + 700);
     console.log(`holder killed: waiters served ${servedAfterKillMs.toFixed(0)} ms after the kill (lease ${leaseMs} ms + fetch 100 ms)`);
     await holderRequest;
+  });
+
+  it('a refused secret or a failing token endpoint costs the fleet one call per backoff period, not one per pod', async () => {
+    const fleet = await startPods(await fleetConfig(storeYaml(`    url: ${redis.url}`)), 4);
+    await waitUntil(async () => (await Promise.all(fleet.map(readyStore))).every((s) => s === 'ok'), 10_000, 50, 'store connections');
+    idp.setBehavior({ kind: 'oauthError', status: 401, error: 'invalid_client', delayMs: 200 });
+    const callsBefore = idp.calls;
+    let results = await Promise.all(fleet.flatMap((pod) => Array.from({ length: 10 }, () => get(pod))));
+    expect(results.map((r) => r.status)).toEqual(results.map(() => 502));
+    expect(results.every((r) => r.body.includes('TOKEN_REJECTED'))).toBe(true);
+    expect(idp.calls - callsBefore).toBe(1);
+    // A later wave within the negative-cache period calls nothing.
+    results = await Promise.all(fleet.map((pod) => get(pod)));
+    expect(results.map((r) => r.status)).toEqual([502, 502, 502, 502]);
+    expect(idp.calls - callsBefore).toBe(1);
+  });
+
+  it('an outage of the token endpoint: one call for the fleet, every pod answers 503 with Retry-After', async () => {
+    const fleet = await startPods(await fleetConfig(storeYaml(`    url: ${redis.url}`)), 4);
+    await waitUntil(async () => (await Promise.all(fleet.map(readyStore))).every((s) => s === 'ok'), 10_000, 50, 'store connections');
+    idp.setBehavior({ kind: 'status', status: 503, retryAfter: '7', delayMs: 200 });
+    const callsBefore = idp.calls;
+    const results = await Promise.all(
+      fleet.flatMap((pod) => Array.from({ length: 10 }, async () => {
+        const res = await request(`${pod.proxyUrl}/pix/x`, { dispatcher: agent });
+        await res.body.text();
+        return { status: res.statusCode, retryAfter: Number(res.headers['retry-after']) };
+      })),
+    );
+    expect(results.map((r) => r.status)).toEqual(results.map(() => 503));
+    expect(results.every((r) => r.retryAfter >= 1 && r.retryAfter <= 7)).toBe(true);
+    expect(idp.calls - callsBefore).toBe(1);
   });
 
   it('401 across pods: one refresh fleet-wide, and the other pod uses the new token without a 401', async () => {
