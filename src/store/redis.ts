@@ -71,12 +71,20 @@ export class RedisStore implements TokenStore {
     this.#cmd = createClient(config, { requestPath: true });
     this.#sub = createClient(config, { requestPath: false });
     this.#watch(this.#cmd, 'commands', (ready) => (this.#cmdReady = ready));
-    this.#watch(this.#sub, 'events', (ready) => (this.#subReady = ready));
+    // Events are live only once SUBSCRIBE succeeded on the current connection (it may be refused, e.g. by an ACL).
+    this.#watch(this.#sub, 'events', (ready) => {
+      if (!ready) {
+        this.#subReady = false;
+        return;
+      }
+      this.#sub.subscribe(this.#channel).then(
+        () => (this.#subReady = true),
+        (err: unknown) => this.#log.warn({ event: 'store.subscribe_failed', err: errMessage(err) }, 'could not subscribe to token events; polling the store instead'),
+      );
+    });
     this.#sub.on('message', (channel: string, message: string) => {
       if (channel === this.#channel) this.#onMessage(message);
     });
-    // ioredis re-subscribes by itself after every reconnect.
-    this.#sub.subscribe(this.#channel).catch((err: unknown) => this.#log.warn({ event: 'store.subscribe_failed', err: errMessage(err) }, 'could not subscribe to token events'));
   }
 
   /**
@@ -323,6 +331,8 @@ function createClient(config: RedisStoreConfig, opts: { requestPath: boolean }):
     connectTimeout: 2_000,
     enableOfflineQueue: !opts.requestPath,
     maxRetriesPerRequest: opts.requestPath ? 0 : null,
+    // We subscribe on every 'ready' ourselves, so we know whether it worked.
+    autoResubscribe: false,
     ...(opts.requestPath ? { commandTimeout: config.commandTimeoutMs } : {}),
     retryStrategy: (times: number) => Math.min(100 * 2 ** Math.min(times, 5), 2_000),
     lazyConnect: false,

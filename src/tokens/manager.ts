@@ -83,6 +83,8 @@ class Entry {
   backoffUntilMs = 0;
   lastUnauthorizedRefreshMs = Number.NEGATIVE_INFINITY;
   revokedFingerprint: string | undefined;
+  /** The token this pod knows to be in the store (loaded from it, or written to it). */
+  sharedFingerprint: string | undefined;
   warm = false;
 
   constructor(
@@ -122,7 +124,7 @@ export class TokenManager {
     this.#store.onEvent((e) => this.#onStoreEvent(e));
     // Bounded fallback for lost pub/sub: while events are down, compare local tokens with the store.
     this.#reconcileTimer = setInterval(() => {
-      if (!this.#store.eventsLive()) for (const entry of this.#entries.values()) void this.#adopt(entry);
+      if (!this.#store.eventsLive()) for (const entry of this.#entries.values()) void this.#adopt(entry, true);
     }, RECONCILE_INTERVAL_MS).unref();
   }
 
@@ -300,7 +302,6 @@ export class TokenManager {
     const flight = this.#acquire(entry, want).finally(() => {
       if (entry.inflight === flight) entry.inflight = undefined;
     });
-    entry.inflight = flight;
     return flight;
   }
 
@@ -343,7 +344,10 @@ export class TokenManager {
               }
               throw err;
             });
-            await this.#store.put(entry.key, token).catch((err: unknown) => this.#storeTrouble('put', err));
+            await this.#store.put(entry.key, token).then(
+              () => (entry.sharedFingerprint = token.fingerprint),
+              (err: unknown) => this.#storeTrouble('put', err),
+            );
             return this.#install(entry, token, 'fetched', this.#now() - fetchStartedMs);
           } finally {
             await lock.release().catch((err: unknown) => this.#storeTrouble('unlock', err));
@@ -433,6 +437,7 @@ export class TokenManager {
     }
     entry.token = token;
     entry.source = source;
+    if (source === 'store') entry.sharedFingerprint = token.fingerprint;
     entry.installedAtMs = now;
     entry.refreshAtMs = jitteredRefreshAtMs(token, entry.auth.refreshAheadRatio, this.#random);
     entry.failures = 0;
@@ -519,11 +524,19 @@ export class TokenManager {
     else if (entry.token?.fingerprint !== event.fingerprint && !entry.inflight) void this.#adopt(entry);
   }
 
-  /** Take the store's token if it is newer than ours (another pod refreshed). */
-  async #adopt(entry: Entry): Promise<void> {
+  /**
+   * Take the store's token if it is newer than ours (another pod refreshed). When reconciling without events, a
+   * token of ours that the store had and no longer has was invalidated elsewhere: drop it too.
+   */
+  async #adopt(entry: Entry, reconciling = false): Promise<void> {
     try {
       const shared = await this.#store.get(entry.key);
       const now = this.#now();
+      const mine = entry.token;
+      if (reconciling && !shared && mine && mine.fingerprint === entry.sharedFingerprint && !entry.inflight) {
+        this.#revokeLocally(entry, mine.fingerprint, 'fleet');
+        return;
+      }
       if (shared && isUsable(shared, now) && shared.fingerprint !== entry.revokedFingerprint &&
           (!entry.token || shared.issuedAtMs > entry.token.issuedAtMs)) {
         this.#install(entry, shared, 'store');
@@ -541,7 +554,10 @@ export class TokenManager {
     const mine = entry.token;
     try {
       const shared = await this.#store.get(entry.key);
-      if (!shared && mine && isUsable(mine, this.#now())) await this.#store.put(entry.key, mine);
+      if (!shared && mine && isUsable(mine, this.#now())) {
+        await this.#store.put(entry.key, mine);
+        entry.sharedFingerprint = mine.fingerprint;
+      }
       else if (shared && (!mine || shared.issuedAtMs > mine.issuedAtMs)) await this.#adopt(entry);
     } catch (err) {
       this.#storeTrouble('reseed', err);

@@ -125,6 +125,26 @@ describe('metrics and admin API (one pod)', () => {
     expect(idp.calls).toBe(calls + 2);
   });
 
+  it('x-request-id is propagated (or made and returned); W3C traceparent passes through untouched', async () => {
+    const lines: string[] = [];
+    const sidecar = await inProcess(routeYaml(), lines);
+    const traceparent = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
+    let res = await request(`${sidecar.proxyUrl}/pix/t`, { dispatcher: agent, headers: { 'x-request-id': 'app-req-1', traceparent, tracestate: 'rojo=00f067aa0ba902b7' } });
+    await res.body.text();
+    let seen = vendor.requests.at(-1);
+    expect(seen?.headers['x-request-id']).toBe('app-req-1');
+    expect(seen?.headers['traceparent']).toBe(traceparent);
+    expect(seen?.headers['tracestate']).toBe('rojo=00f067aa0ba902b7');
+    res = await request(`${sidecar.proxyUrl}/pix/t`, { dispatcher: agent });
+    await res.body.text();
+    seen = vendor.requests.at(-1);
+    const made = res.headers['x-request-id'];
+    expect(typeof made).toBe('string');
+    expect(seen?.headers['x-request-id']).toBe(made);
+    await waitUntil(() => lines.some((l) => l.includes(`"requestId":"${String(made)}"`)), 2_000, 10, 'the request log line');
+    expect(lines.some((l) => l.includes('"requestId":"app-req-1"'))).toBe(true);
+  });
+
   it('route actions are for loopback callers only', () => {
     for (const a of ['127.0.0.1', '127.3.2.1', '::1', '::ffff:127.0.0.1']) expect(isLoopbackAddress(a), a).toBe(true);
     for (const a of ['10.0.0.7', '::ffff:10.0.0.7', '192.168.1.1', 'fe80::1', undefined]) expect(isLoopbackAddress(a), String(a)).toBe(false);

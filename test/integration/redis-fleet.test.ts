@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
 import { Agent, request } from 'undici';
-import { startFakeIdp, type FakeIdp } from '../../src/dev/fake-idp.js';
+import { OMIT, startFakeIdp, type FakeIdp } from '../../src/dev/fake-idp.js';
 import { startEchoVendor, type EchoVendor } from '../../src/dev/echo-vendor.js';
 import { fingerprintOf } from '../../src/tokens/token.js';
 import { startRedis, type RedisServer } from '../helpers/redis.js';
@@ -201,6 +201,23 @@ describe('fleet on standalone Redis', () => {
     expect(idp.calls - callsBefore).toBe(1);
   });
 
+  it('every key under the prefix has a TTL, also for a token that came without expires_in', async () => {
+    const prefix = `ttl${randomBytes(3).toString('hex')}:`;
+    const config = await fleetConfig(`store:\n  type: redis\n  redis:\n    url: ${redis.url}\n    keyPrefix: "${prefix}"\n`);
+    const [pod] = await startPods(config, 1);
+    if (!pod) throw new Error('no pod');
+    await waitUntil(async () => (await readyStore(pod)) === 'ok', 10_000, 50, 'store connection');
+    idp.setBehavior({ kind: 'token', expiresIn: OMIT });
+    expect((await get(pod)).status).toBe(200);
+    const keys = (await redis.command('KEYS', `${prefix}*`)) as string[];
+    expect(keys.some((k) => k.endsWith(':token'))).toBe(true);
+    for (const key of keys) {
+      const pttl = Number(await redis.command('PTTL', key));
+      expect(pttl, key).toBeGreaterThan(0);
+      expect(pttl, key).toBeLessThanOrEqual(300_000); // defaultExpiresIn: 5m
+    }
+  });
+
   it('401 across pods: one refresh fleet-wide, and the other pod uses the new token without a 401', async () => {
     const [a, b] = await startPods(await fleetConfig(storeYaml(`    url: ${redis.url}`)), 2);
     if (!a || !b) throw new Error('no pods');
@@ -225,6 +242,47 @@ describe('fleet on standalone Redis', () => {
       fingerprintOf(idp.lastToken() ?? ''),
     ]);
     expect(idp.calls - callsBefore).toBe(1);
+  });
+});
+
+describe('without pub/sub', () => {
+  it('pods still follow refreshes and revocations within the 2 s reconcile period', async () => {
+    const redis = await startRedis();
+    try {
+      // An ACL that refuses SUBSCRIBE: events never arrive, commands work.
+      await redis.command('ACL', 'SETUSER', 'default', '-subscribe', '-psubscribe', '-ssubscribe');
+      const [a, b] = await startPods(await fleetConfig(storeYaml(`    url: ${redis.url}`)), 2);
+      if (!a || !b) throw new Error('no pods');
+      await waitUntil(async () => (await get(a)).status === 200, 10_000, 50, 'pod a serving');
+      const calls = idp.calls;
+      expect((await get(b)).status).toBe(200);
+      expect(idp.calls).toBe(calls); // b took a's token from the store
+      const bearerSeenFrom = async (pod: SidecarProcess) => {
+        const n = vendor.count;
+        expect((await get(pod)).status).toBe(200);
+        return vendor.requests[n]?.authorization;
+      };
+      const t1 = await bearerSeenFrom(b);
+      let t0 = performance.now();
+      const res = await request(`${a.adminUrl}/v1/routes/pix/refresh`, { method: 'POST', dispatcher: agent });
+      expect(res.statusCode).toBe(200);
+      await res.body.text();
+      const t2 = `Bearer ${idp.lastToken() ?? ''}`;
+      expect(t2).not.toBe(t1);
+      await waitUntil(async () => (await bearerSeenFrom(b)) === t2, 5_000, 100, 'pod b to adopt the refreshed token');
+      const adoptMs = performance.now() - t0;
+      t0 = performance.now();
+      const del = await request(`${a.adminUrl}/v1/routes/pix/token`, { method: 'DELETE', dispatcher: agent });
+      expect(del.statusCode).toBe(200);
+      await del.body.text();
+      await waitUntil(async () => (await bearerSeenFrom(b)) !== t2, 5_000, 100, 'pod b to drop the revoked token');
+      const dropMs = performance.now() - t0;
+      expect(adoptMs).toBeLessThan(4_000);
+      expect(dropMs).toBeLessThan(4_000);
+      console.log(`without pub/sub: refresh followed in ${adoptMs.toFixed(0)} ms, revocation in ${dropMs.toFixed(0)} ms (reconcile every 2 s)`);
+    } finally {
+      await redis.stop();
+    }
   });
 });
 
