@@ -253,7 +253,9 @@ describe('without pub/sub', () => {
       await redis.command('ACL', 'SETUSER', 'default', '-subscribe', '-psubscribe', '-ssubscribe');
       const [a, b] = await startPods(await fleetConfig(storeYaml(`    url: ${redis.url}`)), 2);
       if (!a || !b) throw new Error('no pods');
-      await waitUntil(async () => (await get(a)).status === 200, 10_000, 50, 'pod a serving');
+      const commandsUp = (p: SidecarProcess) => p.lines.some((l) => l.includes('"event":"store.connected","role":"commands"'));
+      await waitUntil(() => commandsUp(a) && commandsUp(b), 10_000, 20, 'both pods connected to Redis');
+      expect((await get(a)).status).toBe(200);
       const calls = idp.calls;
       expect((await get(b)).status).toBe(200);
       expect(idp.calls).toBe(calls); // b took a's token from the store
