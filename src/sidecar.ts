@@ -19,6 +19,9 @@ import { createAdminServer, type Readiness } from './admin/server.js';
 import { adminApi } from './admin/api.js';
 import { Metrics } from './admin/metrics.js';
 
+/** Longest a start waits for the shared store before listening anyway. */
+export const STORE_START_WAIT_MS = 1_000;
+
 export interface SidecarOptions {
   config: Config;
   log: Logger;
@@ -57,6 +60,10 @@ export class Sidecar {
     let store: TokenStore | undefined;
     const metrics = new Metrics({ expiries: () => manager?.expiries() ?? new Map(), storeUp: () => store?.health() === 'ok' });
     store = opts.store ?? (await createStore(config.store, log, metrics.store));
+    // Give the store a moment so the first requests share tokens; never wait long: requests must not depend on it.
+    if (!(await store.whenReady(STORE_START_WAIT_MS))) {
+      log.warn({ event: 'store.unavailable_at_start', waitedMs: STORE_START_WAIT_MS }, 'store not reachable yet; serving with per-pod fetches until it is');
+    }
     const fetcher = opts.fetcher ?? new OAuthClient();
     manager = new TokenManager({
       store,

@@ -109,6 +109,7 @@ async function token(file: string, routeName: string): Promise<number> {
   } catch (err) {
     return print(`store unavailable: ${(err as Error).message}`, 2, true);
   }
+  if (!(await store.whenReady(3_000))) process.stderr.write('warning: the store is not reachable; fetching without it\n');
   const fetcher = new OAuthClient();
   const manager = new TokenManager({ store, fetcher, log });
   manager.setRoutes(result.config.routes);

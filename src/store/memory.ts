@@ -79,6 +79,10 @@ export class MemoryStore implements TokenStore {
     return 'ok';
   }
 
+  async whenReady(): Promise<boolean> {
+    return true;
+  }
+
   async close(): Promise<void> {
     this.#tokens.clear();
   }

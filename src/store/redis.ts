@@ -218,6 +218,21 @@ export class RedisStore implements TokenStore {
     return this.#cmdReady && this.#subReady && Date.now() >= this.#breakerOpenUntilMs ? 'ok' : 'degraded';
   }
 
+  async whenReady(timeoutMs: number): Promise<boolean> {
+    if (this.#cmdReady) return true;
+    return new Promise((resolve) => {
+      const done = (ready: boolean) => {
+        clearTimeout(timer);
+        this.#cmd.off('ready', onReady);
+        resolve(ready);
+      };
+      const onReady = () => done(true);
+      const timer = setTimeout(() => done(false), timeoutMs);
+      timer.unref();
+      this.#cmd.on('ready', onReady);
+    });
+  }
+
   async close(): Promise<void> {
     this.#closed = true;
     for (const waiters of this.#waiters.values()) for (const w of waiters) w();

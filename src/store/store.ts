@@ -56,6 +56,8 @@ export interface TokenStore {
   /** Whether events are being received; when false, the manager reconciles by polling. */
   eventsLive(): boolean;
   health(): StoreHealth;
+  /** Resolves true once the store answers, or false after `timeoutMs` (it keeps connecting in the background). */
+  whenReady(timeoutMs: number): Promise<boolean>;
   close(): Promise<void>;
 }
 
