@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /** token-sidecar CLI: start | validate | token ROUTE | demo | webhook. Exit codes: 0 ok, 1 bad config or usage, 2 runtime failure. */
 import { parseArgs } from 'node:util';
+import { pino } from 'pino';
 import { loadConfigFile, type LoadResult } from '../config/load.js';
 import { createLogger } from '../log.js';
 import { Sidecar } from '../sidecar.js';
@@ -102,7 +103,8 @@ async function token(file: string, routeName: string): Promise<number> {
   const route = result.config.routes.find((r) => r.name === routeName);
   if (!route) return print(`no route named "${routeName}" (routes: ${result.config.routes.map((r) => r.name).join(', ')})`, 1, true);
   if (route.auth.type === 'static') return print(JSON.stringify({ route: routeName, source: 'static' }, null, 2), 0);
-  const log = createLogger({ level: process.env['LOG_LEVEL'] ?? 'warn' });
+  // stdout carries the JSON answer (for `| jq`); logs go to stderr.
+  const log = createLogger({ level: process.env['LOG_LEVEL'] ?? 'warn', destination: pino.destination(2) });
   let store;
   try {
     store = await createStore(result.config.store, log);

@@ -85,8 +85,9 @@ export class OAuthClient implements TokenFetcher {
     );
   }
 
+  /** At shutdown: a token request still running is abandoned, never waited for (it could hold the exit for `timeout`). */
   async close(): Promise<void> {
-    await Promise.all([this.#defaultAgent.close(), ...[...this.#agents.values()].map((a) => a.close())]);
+    await Promise.all([this.#defaultAgent, ...this.#agents.values()].map((a) => a.destroy()));
   }
 
   #agentFor(tls: TlsMaterial | undefined): Dispatcher {

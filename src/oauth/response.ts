@@ -189,7 +189,9 @@ function describeBody(res: TokenHttpResponse): string {
 
 /** Vendor text going into our errors: printable, short, and never containing our secret. */
 function sanitize(text: string, redact: readonly string[]): string {
-  let out = text.replace(/[^\x20-\x7e]/g, '?').slice(0, 200);
+  // Redact first: cutting or rewriting the text before would leave a secret's prefix, or a secret with non-ASCII
+  // characters, unmatched and echoed.
+  let out = text;
   for (const secret of redact) if (secret.length >= 4) out = out.split(secret).join('[redacted]');
-  return out;
+  return out.replace(/[^\x20-\x7e]/g, '?').slice(0, 200);
 }

@@ -55,7 +55,8 @@ export function downstreamResponseHeaders(headers: Record<string, string | strin
 
 /** `Bearer {token}` → `Bearer abc`. */
 export function formatInjection(format: string, token: string): string {
-  return format.replace('{token}', token);
+  // A replacer function: a replacement string would expand `$&`, `$'`… that a token may legally contain.
+  return format.replace('{token}', () => token);
 }
 
 /** RFC 9112 §3.2: a request with more than one Host header must be answered 400. */

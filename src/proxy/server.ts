@@ -3,6 +3,7 @@
  * the vendor's, or a problem+json from errors-to-http. The route table and routes are read once per request from
  * an immutable snapshot, so a hot reload never changes a request half-way.
  */
+import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from '../log.js';
 import type { Route } from '../config/types.js';
@@ -67,6 +68,10 @@ export class ProxyHandler {
     let source: Source | undefined;
     let code: string | undefined;
     let replayed = false;
+    // Propagate the app's request id, or give the request one, so the vendor, the app and our log line agree.
+    const appRequestId = req.headers['x-request-id'];
+    const requestId = typeof appRequestId === 'string' ? appRequestId : randomUUID();
+    if (appRequestId === undefined) res.setHeader('x-request-id', requestId);
     try {
       if (countHostHeaders(req.rawHeaders) > 1) throw new SidecarError('BAD_REQUEST', 'more than one Host header (RFC 9112 §3.2)');
       const match = matchRequest(snapshot.table, req.method ?? 'GET', req.url ?? '/', req.headers.host);
@@ -86,22 +91,30 @@ export class ProxyHandler {
       const call: UpstreamCall = {
         method: req.method ?? 'GET',
         path: match.path,
-        headers: upstreamRequestHeaders(req.rawHeaders, route.inject.header, formatInjection(route.inject.format, tokenValue)),
+        headers: withRequestId(upstreamRequestHeaders(req.rawHeaders, route.inject.header, formatInjection(route.inject.format, tokenValue)), appRequestId, requestId),
         body,
         signal: controller.signal,
       };
       const held = await this.#forwarder.send(route, call, res, replayable && token !== undefined);
+      let sentToken = token;
       if (held && token) {
         const fresh = await this.#manager.afterUnauthorized(route.name, token.fingerprint);
         this.#observer.unauthorized?.(route.name, fresh !== undefined);
         if (fresh && !controller.signal.aborted) {
           replayed = true;
-          call.headers = upstreamRequestHeaders(req.rawHeaders, route.inject.header, formatInjection(route.inject.format, fresh.value.reveal()));
+          sentToken = fresh;
+          call.headers = withRequestId(upstreamRequestHeaders(req.rawHeaders, route.inject.header, formatInjection(route.inject.format, fresh.value.reveal())), appRequestId, requestId);
           // Never loop: the replay's answer, 401 or not, goes to the app.
           await this.#forwarder.send(route, call, res, false);
         } else {
           held.release();
         }
+      }
+      if (sentToken && route.retryOn401 && res.statusCode === 401 && (replayed || !held)) {
+        // A 401 that was not replayed (streamed body, or the replay itself): still tell the manager, so the next
+        // request gets a fresh token. Its rate limit keeps a vendor that refuses everything from hammering the IdP.
+        this.#observer.unauthorized?.(route.name, false);
+        void this.#manager.afterUnauthorized(route.name, sentToken.fingerprint);
       }
     } catch (err) {
       const e = toSidecarError(err, route?.name);
@@ -125,11 +138,16 @@ export class ProxyHandler {
         tokenSource: source,
         ...(replayed ? { replayed } : {}),
         ...(code ? { code } : {}),
-        ...(typeof req.headers['x-request-id'] === 'string' ? { requestId: req.headers['x-request-id'] } : {}),
+        requestId,
       },
       'request',
     );
   }
+}
+
+function withRequestId(headers: string[], fromApp: string | string[] | undefined, requestId: string): string[] {
+  if (fromApp === undefined) headers.push('x-request-id', requestId);
+  return headers;
 }
 
 /**

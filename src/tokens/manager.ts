@@ -62,7 +62,7 @@ export interface TokenManagerOptions {
 
 /** A refused credential is not retried for this long, so a bad secret cannot hammer the endpoint. */
 export const REJECTED_CACHE_MS = 30_000;
-/** At most one refresh per this interval is forced by vendor 401s, so a vendor that refuses every token cannot loop us. */
+/** A token brought by a 401-forced refresh and refused again within this interval is kept, not refreshed again. */
 export const UNAUTHORIZED_REFRESH_INTERVAL_MS = 5_000;
 const BACKOFF_BASE_MS = 1_000;
 const BACKOFF_MAX_MS = 30_000;
@@ -82,6 +82,8 @@ class Entry {
   lastErrorKind: 'rejected' | 'unavailable' = 'unavailable';
   backoffUntilMs = 0;
   lastUnauthorizedRefreshMs = Number.NEGATIVE_INFINITY;
+  /** The token the last 401-forced refresh brought. */
+  unauthorizedRefreshFingerprint: string | undefined;
   revokedFingerprint: string | undefined;
   /** The token this pod knows to be in the store (loaded from it, or written to it). */
   sharedFingerprint: string | undefined;
@@ -197,16 +199,25 @@ export class TokenManager {
   async afterUnauthorized(routeName: string, failedFingerprint: string): Promise<Token | undefined> {
     const entry = this.#byRoute.get(routeName);
     if (!entry) return undefined;
-    this.#revokeLocally(entry, failedFingerprint, 'upstream_401');
-    await this.#store.invalidate(entry.key, failedFingerprint).catch((err: unknown) => this.#storeTrouble('invalidate', err));
     const now = this.#now();
     const current = entry.token;
+    // Someone (another request, another pod) already replaced the refused token.
     if (current && current.fingerprint !== failedFingerprint && isUsable(current, now)) return current;
     try {
-      if (entry.inflight) return (await entry.inflight).token;
-      if (now - entry.lastUnauthorizedRefreshMs < UNAUTHORIZED_REFRESH_INTERVAL_MS) return undefined;
+      if (entry.inflight) {
+        const joined = (await entry.inflight).token;
+        return joined.fingerprint === failedFingerprint ? undefined : joined;
+      }
+      // Checked before revoking: if the token a 401 just brought us is refused too, keep it for the interval rather
+      // than fetch again, so a vendor that refuses every token cannot turn each request into a token request.
+      if (failedFingerprint === entry.unauthorizedRefreshFingerprint && now - entry.lastUnauthorizedRefreshMs < UNAUTHORIZED_REFRESH_INTERVAL_MS) {
+        return undefined;
+      }
       entry.lastUnauthorizedRefreshMs = now;
+      this.#revokeLocally(entry, failedFingerprint, 'upstream_401');
+      // The store is told inside the flight, so concurrent 401s for this token join it instead of racing it.
       const result = await this.#singleFlight(entry, { reason: 'unauthorized', reject: failedFingerprint });
+      entry.unauthorizedRefreshFingerprint = result.token.fingerprint;
       return result.token.fingerprint === failedFingerprint ? undefined : result.token;
     } catch {
       return undefined; // the refresh failure is logged where it happened; the app gets the vendor's 401
@@ -302,6 +313,7 @@ export class TokenManager {
     const flight = this.#acquire(entry, want).finally(() => {
       if (entry.inflight === flight) entry.inflight = undefined;
     });
+    entry.inflight = flight;
     return flight;
   }
 
@@ -320,6 +332,13 @@ export class TokenManager {
   async #acquire(entry: Entry, want: Want): Promise<TokenResult> {
     const startedMs = this.#now();
     try {
+      // Compare-and-invalidate: drop the refused token from the store only if it is still the shared one.
+      if (want.reason === 'unauthorized' && want.reject) {
+        await this.#store.invalidate(entry.key, want.reject).catch((err: unknown) => {
+          if (!(err instanceof StoreUnavailableError)) throw err;
+          this.#storeTrouble('invalidate', err);
+        });
+      }
       const { token: shared, failure } = await this.#store.read(entry.key);
       const hit = this.#acceptable(entry, shared, want, this.#now());
       this.#observer.lookup?.(entry.routeName, 'store', hit);
