@@ -196,6 +196,30 @@ describe('shared store', () => {
   });
 });
 
+describe('graceful shutdown', () => {
+  it('SIGTERM: /readyz turns 503, in-flight requests finish, new connections are refused, exit 0', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'drain-'));
+    const file = join(dir, 'routes.yaml');
+    await writeFile(file, `version: 1\nlisten: 127.0.0.1:0\nadmin: 127.0.0.1:0\ndrainTimeout: 5s\nroutes:${routeYaml()}\n`);
+    const pod = await startSidecarProcess(file);
+    cleanups.push(() => pod.kill('SIGKILL'));
+    expect((await call(pod.proxyUrl, '/pix/warm')).status).toBe(200);
+    const inflight = call(pod.proxyUrl, '/pix/__slow/800');
+    await waitUntil(() => vendor.requests.some((r) => r.target.includes('__slow/800')), 2_000, 5, 'the slow request at the vendor');
+    const exited = pod.kill('SIGTERM');
+    await waitUntil(() => pod.lines.some((l) => l.includes('"event":"draining"')), 2_000, 5, 'draining');
+    const fresh = new Agent();
+    const ready = await request(`${pod.adminUrl}/readyz`, { dispatcher: fresh });
+    expect(ready.statusCode).toBe(503);
+    expect(JSON.parse(await ready.body.text())).toMatchObject({ checks: { draining: 'failing' } });
+    await expect(request(`${pod.proxyUrl}/pix/after`, { dispatcher: fresh })).rejects.toThrow();
+    await fresh.close();
+    expect((await inflight).status).toBe(200);
+    expect(await exited).toBe(0);
+    expect(pod.lines.some((l) => l.includes('"event":"stopped"'))).toBe(true);
+  });
+});
+
 describe('hot reload', () => {
   it('a new upstream and a rotated credential under load: 0 failed requests, the new token after the swap, a broken file keeps the last good config', async () => {
     const vendor2 = await startEchoVendor({ acceptToken: (t) => idp.isValid(t) });
