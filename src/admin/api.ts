@@ -63,8 +63,8 @@ export function adminApi(deps: AdminApiDeps): (req: IncomingMessage, res: Server
         const { token, source } = await deps.manager.refresh(name);
         sendJson(res, 200, { route: name, action: 'refreshed', fingerprint: token.fingerprint, source, expiresAt: new Date(token.expiresAtMs).toISOString() });
       } else {
-        const fingerprint = await deps.manager.revoke(name);
-        sendJson(res, 200, { route: name, action: 'revoked', fingerprint: fingerprint ?? null });
+        const { fingerprint, fleetWide } = await deps.manager.revoke(name);
+        sendJson(res, 200, { route: name, action: 'revoked', fingerprint: fingerprint ?? null, fleetWide });
       }
     } catch (err) {
       sendJson(res, 502, { route: name, error: isSidecarError(err) ? err.code : 'INTERNAL', detail: isSidecarError(err) ? err.message : 'unexpected error' });

@@ -176,15 +176,11 @@ export class TokenManager {
   }
 
   async get(routeName: string): Promise<TokenResult> {
+    const token = this.current(routeName);
+    if (token) return { token, source: 'memory' };
     const entry = this.#entry(routeName);
     const now = this.#now();
     entry.lastUsedMs = now;
-    const token = entry.token;
-    if (token && isUsable(token, now)) {
-      this.#observer.lookup?.(routeName, 'memory', true);
-      if (now >= entry.refreshAtMs) this.#refreshInBackground(entry, 'ahead');
-      return { token, source: 'memory' };
-    }
     this.#observer.lookup?.(routeName, 'memory', false);
     if (entry.inflight) return entry.inflight;
     this.#throwIfBackingOff(entry, now);
@@ -231,14 +227,23 @@ export class TokenManager {
     return this.#singleFlight(entry, { reason: 'forced' });
   }
 
-  /** Drop the route's current token from every pod (admin revoke). */
-  async revoke(routeName: string): Promise<string | undefined> {
+  /**
+   * Drop the route's current token from every pod (admin revoke). `fleetWide` is false when the store could not be
+   * told: then only this pod dropped it.
+   */
+  async revoke(routeName: string): Promise<{ fingerprint: string | undefined; fleetWide: boolean }> {
     const entry = this.#entry(routeName);
     const fingerprint = entry.token?.fingerprint;
-    if (!fingerprint) return undefined;
+    if (!fingerprint) return { fingerprint: undefined, fleetWide: true };
     this.#revokeLocally(entry, fingerprint, 'admin');
-    await this.#store.invalidate(entry.key, fingerprint);
-    return fingerprint;
+    try {
+      await this.#store.invalidate(entry.key, fingerprint);
+      return { fingerprint, fleetWide: true };
+    } catch (err) {
+      if (!(err instanceof StoreUnavailableError)) throw err;
+      this.#storeTrouble('invalidate', err);
+      return { fingerprint, fleetWide: false };
+    }
   }
 
   /** Fetch tokens of `warm: true` routes; resolves when each has one or has failed once (retries go on in the background). */
