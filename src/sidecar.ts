@@ -4,6 +4,8 @@
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { Writable } from 'node:stream';
+import { Pool } from 'undici';
 import type { Config } from './config/types.js';
 import { createAuditLogger, type Logger } from './log.js';
 import { SidecarError } from './errors.js';
@@ -96,6 +98,7 @@ export class Sidecar {
       await sidecar.stop(0);
       throw err;
     }
+    await primeHttpPaths(sidecar.adminUrl);
     sidecar.#listening = true;
     log.info({ event: 'listening', proxy: sidecar.proxyUrl, admin: sidecar.adminUrl, store: store.kind, routes: config.routes.length }, 'token-sidecar listening');
     for (const r of config.routes) {
@@ -149,6 +152,23 @@ export class Sidecar {
     await closeGracefully(this.adminServer, 0);
     this.manager.close();
     await Promise.allSettled([this.forwarder.close(), this.store.close(), closeFetcher(this.fetcher)]);
+  }
+}
+
+/**
+ * Run the undici request and stream paths once against our own admin listener, so the first real (cold) request
+ * does not also pay for compiling them: on a fresh process that is ~20 ms of every waiter's latency.
+ */
+async function primeHttpPaths(adminUrl: string): Promise<void> {
+  const pool = new Pool(adminUrl);
+  try {
+    const res = await pool.request({ path: '/healthz', method: 'GET' });
+    await res.body.text();
+    await pool.stream({ path: '/healthz', method: 'GET' }, () => new Writable({ write: (_c, _e, done) => done() }));
+  } catch {
+    // Only an optimisation.
+  } finally {
+    await pool.destroy();
   }
 }
 
