@@ -101,11 +101,13 @@ export function splitSegments(path: string): string[] {
   const out: string[] = [];
   for (const raw of path.split('/')) {
     if (raw === '') continue;
-    let decoded: string;
-    try {
-      decoded = decodeURIComponent(raw);
-    } catch {
-      throw new SidecarError('BAD_REQUEST', 'malformed percent-encoding in path');
+    let decoded = raw;
+    if (raw.includes('%')) {
+      try {
+        decoded = decodeURIComponent(raw);
+      } catch {
+        throw new SidecarError('BAD_REQUEST', 'malformed percent-encoding in path');
+      }
     }
     // `..;x` is how Tomcat-style servers still read a dot-segment; `\` is a separator on some servers.
     const bare = decoded.split(';')[0] ?? '';
