@@ -27,6 +27,8 @@ export const STORE_START_WAIT_MS = 1_000;
 export interface SidecarOptions {
   config: Config;
   log: Logger;
+  /** The per-request log line (default: `log`). */
+  requestLog?: Logger;
   store?: TokenStore;
   fetcher?: TokenFetcher;
 }
@@ -77,7 +79,7 @@ export class Sidecar {
     });
     manager.setRoutes(config.routes);
     const forwarder = new Forwarder();
-    const handler = new ProxyHandler({ manager, forwarder, log, observer: metrics.requests }, { table: buildRouteTable(config.routes) });
+    const handler = new ProxyHandler({ manager, forwarder, log, requestLog: opts.requestLog ?? log, observer: metrics.requests }, { table: buildRouteTable(config.routes) });
     // Apps on localhost keep connections open; outlive typical client idle timeouts so a reused socket is never
     // closed under a request in flight.
     const proxyServer = createServer({ keepAliveTimeout: 65_000 }, handler.handle);

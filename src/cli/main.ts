@@ -3,7 +3,7 @@
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { loadConfigFile, type LoadResult } from '../config/load.js';
-import { createLogger } from '../log.js';
+import { createLogger, createLoggers } from '../log.js';
 import { Sidecar } from '../sidecar.js';
 import { createStore } from '../store/index.js';
 import { OAuthClient } from '../oauth/client.js';
@@ -145,11 +145,11 @@ async function token(file: string, routeName: string): Promise<number> {
 async function start(file: string): Promise<number> {
   const result = await loadConfigFile(file);
   if (!result.ok) return reportProblems(file, result);
-  const log = createLogger();
+  const { log, requestLog } = createLoggers();
   for (const w of result.warnings) log.warn({ event: 'config.warning' }, w);
   let sidecar: Sidecar;
   try {
-    sidecar = await Sidecar.start({ config: result.config, log });
+    sidecar = await Sidecar.start({ config: result.config, log, requestLog });
   } catch (err) {
     log.fatal({ event: 'start_failed', err: (err as Error).message }, 'could not start');
     return 2;

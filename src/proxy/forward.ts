@@ -4,6 +4,7 @@
  * token is never sent to whatever a Location header names.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { EventEmitter } from 'node:events';
 import { Writable } from 'node:stream';
 import { Pool } from 'undici';
 import type { Route } from '../config/types.js';
@@ -15,7 +16,8 @@ export interface UpstreamCall {
   path: string;
   headers: string[];
   body: Buffer | IncomingMessage | null;
-  signal: AbortSignal;
+  /** Emits 'abort' when the app goes away (an AbortSignal, or any EventEmitter: undici accepts both). */
+  signal: AbortSignal | EventEmitter;
 }
 
 /** Largest 401 body held back while deciding whether to replay; past it the 401 streams to the app as is. */

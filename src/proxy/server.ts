@@ -28,6 +28,7 @@ export interface ProxyHandlerOptions {
   manager: TokenManager;
   forwarder: Forwarder;
   log: Logger;
+  requestLog?: Logger;
   observer?: RequestObserver;
 }
 
@@ -38,12 +39,14 @@ export class ProxyHandler {
   readonly #manager: TokenManager;
   readonly #forwarder: Forwarder;
   readonly #log: Logger;
+  readonly #requestLog: Logger;
   readonly #observer: RequestObserver;
 
   constructor(opts: ProxyHandlerOptions, snapshot: ProxySnapshot) {
     this.#manager = opts.manager;
     this.#forwarder = opts.forwarder;
     this.#log = opts.log;
+    this.#requestLog = opts.requestLog ?? opts.log;
     this.#observer = opts.observer ?? {};
     this.#snapshot = snapshot;
   }
@@ -59,10 +62,14 @@ export class ProxyHandler {
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const startedMs = performance.now();
     const snapshot = this.#snapshot;
-    const controller = new AbortController();
-    // The app went away before the answer was complete: cancel the upstream request too.
+    // The app went away before the answer was complete: cancel the upstream request too. undici accepts any
+    // EventEmitter that emits 'abort' as a signal; the response itself serves, which spares an AbortController and
+    // its EventTarget per request (a measurable share of the hot path).
+    let clientGone = false;
     res.once('close', () => {
-      if (!res.writableFinished) controller.abort();
+      if (res.writableFinished) return;
+      clientGone = true;
+      res.emit('abort');
     });
     let route: Route | undefined;
     let source: Source | undefined;
@@ -93,14 +100,14 @@ export class ProxyHandler {
         path: match.path,
         headers: withRequestId(upstreamRequestHeaders(req.rawHeaders, route.inject.header, formatInjection(route.inject.format, tokenValue)), appRequestId, requestId),
         body,
-        signal: controller.signal,
+        signal: res,
       };
       const held = await this.#forwarder.send(route, call, res, replayable && token !== undefined);
       let sentToken = token;
       if (held && token) {
         const fresh = await this.#manager.afterUnauthorized(route.name, token.fingerprint);
         this.#observer.unauthorized?.(route.name, fresh !== undefined);
-        if (fresh && !controller.signal.aborted) {
+        if (fresh && !clientGone) {
           replayed = true;
           sentToken = fresh;
           call.headers = withRequestId(upstreamRequestHeaders(req.rawHeaders, route.inject.header, formatInjection(route.inject.format, fresh.value.reveal())), appRequestId, requestId);
@@ -119,7 +126,7 @@ export class ProxyHandler {
     } catch (err) {
       const e = toSidecarError(err, route?.name);
       code = e.code;
-      if (controller.signal.aborted) {
+      if (clientGone) {
         code = 'CLIENT_CLOSED';
       } else {
         sendError(res, e);
@@ -128,7 +135,7 @@ export class ProxyHandler {
     }
     const durationMs = performance.now() - startedMs;
     this.#observer.completed?.(route?.name, res.statusCode, durationMs / 1000);
-    this.#log.info(
+    this.#requestLog.info(
       {
         event: 'request',
         route: route?.name,
