@@ -3,6 +3,7 @@
  * `Secret` prints as [redacted] anyway; these paths catch a header object or token field that slips in.
  */
 import { pino, type Logger, type DestinationStream } from 'pino';
+import { BufferedAccessLog, pinoAccessLog, type AccessLog } from './proxy/access-log.js';
 
 export type { Logger };
 
@@ -44,34 +45,29 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
 
 export interface Loggers {
   log: Logger;
-  /** The one-line-per-request log: no redaction (its fields are fixed), buffered output. */
-  requestLog: Logger;
+  accessLog: AccessLog;
 }
 
 /**
- * The process's loggers. The per-request line is the hottest log in the product: written synchronously and through
- * pino's wildcard redaction it cost ~25 % of the proxy's CPU in a profile. So both loggers share one asynchronous
- * stdout buffer (one write per ~4 KiB of lines, flushed every second and at exit); every other log line flushes the
- * buffer at once, so lifecycle events are never delayed and lines never interleave.
+ * The process's loggers. The per-request line goes through a batching writer (see proxy/access-log.ts); both write
+ * into one asynchronous stdout stream, and every other log line first hands over the batched request lines, so order
+ * is kept and lifecycle events are never delayed.
  */
 export function createLoggers(opts: LoggerOptions = {}): Loggers {
-  const plain = baseOptions(opts);
-  if (opts.destination) return { log: createLogger(opts), requestLog: pino(plain, opts.destination) };
-  if (wantsPretty(opts)) {
+  const level = opts.level ?? process.env['LOG_LEVEL'] ?? 'info';
+  // The request line is an info line: off at warn and above (and for unknown levels, which pino rejects anyway).
+  const requestsOn = (pino.levels.values[level] ?? Number.POSITIVE_INFINITY) <= (pino.levels.values['info'] ?? 30);
+  const off: AccessLog = { write: () => undefined, flush: () => undefined };
+  if (opts.destination || wantsPretty(opts)) {
     const log = createLogger(opts);
-    return { log, requestLog: log };
+    return { log, accessLog: requestsOn ? pinoAccessLog(opts.destination ? pino(baseOptions(opts), opts.destination) : log) : off };
   }
-  const dest = pino.destination({ dest: 1, sync: false, minLength: 4096 });
-  const flush = () => {
-    try {
-      dest.flush();
-    } catch {
-      // closed at exit
-    }
-  };
-  setInterval(flush, 1_000).unref();
+  const dest = pino.destination({ dest: 1, sync: false });
+  const accessLog = requestsOn ? new BufferedAccessLog((chunk) => dest.write(chunk)) : off;
+  setInterval(() => accessLog.flush(), 1_000).unref();
   process.on('exit', () => {
     try {
+      accessLog.flush();
       dest.flushSync();
     } catch {
       // nothing left to do
@@ -79,18 +75,18 @@ export function createLoggers(opts: LoggerOptions = {}): Loggers {
   });
   const log = pino(
     {
-      ...plain,
+      ...baseOptions(opts),
       redact: REDACT,
       hooks: {
         logMethod(args, method) {
+          accessLog.flush();
           method.apply(this, args);
-          flush();
         },
       },
     },
     dest,
   );
-  return { log, requestLog: pino(plain, dest) };
+  return { log, accessLog };
 }
 
 /** The audit (token lifecycle) logger: the main logger for `stdout`, else its own pino on stderr or a file. */

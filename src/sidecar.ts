@@ -16,6 +16,7 @@ import { TokenManager } from './tokens/manager.js';
 import { Forwarder } from './proxy/forward.js';
 import { buildRouteTable } from './proxy/match.js';
 import { ProxyHandler } from './proxy/server.js';
+import type { AccessLog } from './proxy/access-log.js';
 import { sendErrorOnSocket } from './proxy/errors-to-http.js';
 import { createAdminServer, type Readiness } from './admin/server.js';
 import { adminApi } from './admin/api.js';
@@ -27,8 +28,8 @@ export const STORE_START_WAIT_MS = 1_000;
 export interface SidecarOptions {
   config: Config;
   log: Logger;
-  /** The per-request log line (default: `log`). */
-  requestLog?: Logger;
+  /** The per-request log line (default: through `log`). */
+  accessLog?: AccessLog;
   store?: TokenStore;
   fetcher?: TokenFetcher;
 }
@@ -79,7 +80,7 @@ export class Sidecar {
     });
     manager.setRoutes(config.routes);
     const forwarder = new Forwarder();
-    const handler = new ProxyHandler({ manager, forwarder, log, requestLog: opts.requestLog ?? log, observer: metrics.requests }, { table: buildRouteTable(config.routes) });
+    const handler = new ProxyHandler({ manager, forwarder, log, ...(opts.accessLog ? { accessLog: opts.accessLog } : {}), observer: metrics.requests }, { table: buildRouteTable(config.routes) });
     // Apps on localhost keep connections open; outlive typical client idle timeouts so a reused socket is never
     // closed under a request in flight.
     const proxyServer = createServer({ keepAliveTimeout: 65_000 }, handler.handle);

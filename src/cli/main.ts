@@ -145,11 +145,11 @@ async function token(file: string, routeName: string): Promise<number> {
 async function start(file: string): Promise<number> {
   const result = await loadConfigFile(file);
   if (!result.ok) return reportProblems(file, result);
-  const { log, requestLog } = createLoggers();
+  const { log, accessLog } = createLoggers();
   for (const w of result.warnings) log.warn({ event: 'config.warning' }, w);
   let sidecar: Sidecar;
   try {
-    sidecar = await Sidecar.start({ config: result.config, log, requestLog });
+    sidecar = await Sidecar.start({ config: result.config, log, accessLog });
   } catch (err) {
     log.fatal({ event: 'start_failed', err: (err as Error).message }, 'could not start');
     return 2;

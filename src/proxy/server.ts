@@ -14,6 +14,7 @@ import { sendError } from './errors-to-http.js';
 import type { Forwarder, UpstreamCall } from './forward.js';
 import { countHostHeaders, formatInjection, upstreamRequestHeaders } from './headers.js';
 import { matchRequest, type RouteTable } from './match.js';
+import { pinoAccessLog, type AccessLog } from './access-log.js';
 
 export interface ProxySnapshot {
   readonly table: RouteTable;
@@ -28,7 +29,8 @@ export interface ProxyHandlerOptions {
   manager: TokenManager;
   forwarder: Forwarder;
   log: Logger;
-  requestLog?: Logger;
+  /** The per-request line (default: through `log`). */
+  accessLog?: AccessLog;
   observer?: RequestObserver;
 }
 
@@ -39,14 +41,14 @@ export class ProxyHandler {
   readonly #manager: TokenManager;
   readonly #forwarder: Forwarder;
   readonly #log: Logger;
-  readonly #requestLog: Logger;
+  readonly #accessLog: AccessLog;
   readonly #observer: RequestObserver;
 
   constructor(opts: ProxyHandlerOptions, snapshot: ProxySnapshot) {
     this.#manager = opts.manager;
     this.#forwarder = opts.forwarder;
     this.#log = opts.log;
-    this.#requestLog = opts.requestLog ?? opts.log;
+    this.#accessLog = opts.accessLog ?? pinoAccessLog(opts.log);
     this.#observer = opts.observer ?? {};
     this.#snapshot = snapshot;
   }
@@ -135,20 +137,16 @@ export class ProxyHandler {
     }
     const durationMs = performance.now() - startedMs;
     this.#observer.completed?.(route?.name, res.statusCode, durationMs / 1000);
-    this.#requestLog.info(
-      {
-        event: 'request',
-        route: route?.name,
-        method: req.method,
-        status: res.statusCode,
-        durationMs: Math.round(durationMs * 100) / 100,
-        tokenSource: source,
-        ...(replayed ? { replayed } : {}),
-        ...(code ? { code } : {}),
-        requestId,
-      },
-      'request',
-    );
+    this.#accessLog.write({
+      route: route?.name,
+      method: req.method,
+      status: res.statusCode,
+      durationMs: Math.round(durationMs * 100) / 100,
+      tokenSource: source,
+      replayed,
+      code,
+      requestId,
+    });
   }
 }
 
