@@ -38,6 +38,7 @@ export class Metrics {
   readonly #requestChildren = new Map<string, Map<number, Counter.Internal>>();
   readonly #durationChildren = new Map<string, Histogram.Internal<'route'>>();
   readonly #lookupChildren = new Map<string, Counter.Internal>();
+  readonly #memoryHitChildren = new Map<string, Counter.Internal>();
 
   constructor(source: ExpirySource, opts: { defaultMetrics?: boolean } = {}) {
     new Gauge({
@@ -87,9 +88,12 @@ export class Metrics {
       this.#refresh.labels(route).observe(durationMs / 1000);
     },
     lookup: (route, layer, hit) => {
-      const key = `${route}\0${layer}\0${hit}`;
-      let counter = this.#lookupChildren.get(key);
-      if (!counter) this.#lookupChildren.set(key, (counter = this.#lookups.labels(route, layer, hit ? 'hit' : 'miss')));
+      // Memory hits happen on every request: one map lookup; the rarer kinds may build a key.
+      const hot = layer === 'memory' && hit;
+      const key = hot ? route : `${route}\0${layer}\0${hit}`;
+      const children = hot ? this.#memoryHitChildren : this.#lookupChildren;
+      let counter = children.get(key);
+      if (!counter) children.set(key, (counter = this.#lookups.labels(route, layer, hit ? 'hit' : 'miss')));
       counter.inc();
     },
     lockWait: (route, durationMs) => this.#lockWait.labels(route).observe(durationMs / 1000),

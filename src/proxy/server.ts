@@ -96,7 +96,7 @@ export class ProxyHandler {
         else ({ token, source } = await this.#manager.get(route.name));
         tokenValue = token.value.reveal();
       }
-      const { body, replayable } = await requestBody(req, route);
+      const { body, replayable } = hasBody(req) ? await requestBody(req, route) : { body: null, replayable: route.retryOn401 };
       const call: UpstreamCall = {
         method: req.method ?? 'GET',
         path: match.path,
@@ -159,11 +159,14 @@ function withRequestId(headers: string[], fromApp: string | string[] | undefined
  * The request body as it will be sent: kept in memory when it is small and sized (so a 401 can be replayed with
  * the same bytes), streamed otherwise (and then not replayable).
  */
-async function requestBody(req: IncomingMessage, route: Route): Promise<{ body: Buffer | IncomingMessage | null; replayable: boolean }> {
+function hasBody(req: IncomingMessage): boolean {
+  const length = req.headers['content-length'];
+  return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
+}
+
+async function requestBody(req: IncomingMessage, route: Route): Promise<{ body: Buffer | IncomingMessage; replayable: boolean }> {
   const lengthHeader = req.headers['content-length'];
   const length = lengthHeader === undefined ? undefined : Number(lengthHeader);
-  const hasBody = req.headers['transfer-encoding'] !== undefined || (length !== undefined && length > 0);
-  if (!hasBody) return { body: null, replayable: route.retryOn401 };
   if (!route.retryOn401 || length === undefined || length > route.replayBodyLimitBytes) return { body: req, replayable: false };
   const chunks: Buffer[] = [];
   for await (const chunk of req) chunks.push(chunk as Buffer);
