@@ -1,8 +1,8 @@
 /**
  * The one-line-per-request log. It is the hottest log in the product: through pino (serializer, redaction, one write
  * per line) it cost ~10 µs of CPU per request, a quarter of the whole forwarding cost, in a profile. So in production
- * the line is built from a fixed template (every field is ours or JSON-escaped) and lines are batched into one write
- * per 16 KiB or per second. The shape is exactly pino's, so log pipelines see one format.
+ * the line is built from a fixed template (every field is ours or JSON-escaped) and the lines of one event-loop turn
+ * are handed over in one write. The shape is exactly pino's, so log pipelines see one format.
  */
 import type { Logger } from '../log.js';
 
@@ -50,6 +50,7 @@ const BATCH_BYTES = 16 * 1024;
 export class BufferedAccessLog implements AccessLog {
   #lines: string[] = [];
   #bytes = 0;
+  #scheduled = false;
   readonly #prefix = `{"level":"info","time":"`;
   readonly #pid = `","pid":${process.pid},"event":"request"`;
 
@@ -68,8 +69,19 @@ export class BufferedAccessLog implements AccessLog {
       `,"requestId":${JSON.stringify(e.requestId)},"msg":"request"}\n`;
     this.#lines.push(line);
     this.#bytes += line.length;
+    // Flush at the end of this event-loop turn (or at 16 KiB): lines die young, so they are never promoted to the
+    // old generation (a one-second batch measured ~20 MB more peak RSS under load).
     if (this.#bytes >= BATCH_BYTES) this.flush();
+    else if (!this.#scheduled) {
+      this.#scheduled = true;
+      setImmediate(this.#flushSoon);
+    }
   }
+
+  readonly #flushSoon = (): void => {
+    this.#scheduled = false;
+    this.flush();
+  };
 
   flush(): void {
     if (this.#lines.length === 0) return;

@@ -1,0 +1,998 @@
+#!/usr/bin/env node
+// token-sidecar benchmark: the product side by side with its peers, same run, same pinning.
+//   npm run bench                      full run (≥ 3 interleaved repetitions of 8 s; < 15 min on 2 cores)
+//   node bench/run.mjs --quick         smoke check: 1 repetition, short runs (< 2 min)
+// Options: --report=FILE.json (rebuild the Markdown from saved results), --seconds=N --reps=N (override), --proto=DIST_DIR (add a second token-sidecar built from another dist/,
+//   e.g. a prototype, as its own target), --profile (also run token-sidecar under --cpu-prof and print its hottest
+//   functions), --no-install (never apt-get), --only=matrix|startup|fleet (one part, for development).
+// Writes bench/results/latest.md (the tables) and bench/results/latest.json (every repetition).
+// See bench/README.md for the method.
+import { execFileSync } from 'node:child_process';
+import { existsSync, readFileSync, truncateSync, writeFileSync, mkdirSync } from 'node:fs';
+import { cpus as osCpus } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { request as httpRequest } from 'node:http';
+import {
+  cleanupAll, freePort, installCleanupHandlers, otherWorkMark, otherWorkSince, pinSelf, rssSampler, sleep,
+  startProcess, tempDir, treeCpu, treePids, treeRss,
+} from './lib/procs.mjs';
+import { runWrk } from './lib/wrk.mjs';
+import { nginxConfig, nginxVersion } from './lib/nginx.mjs';
+import { commandDelta, commandStats, redisCli } from './lib/redis.mjs';
+import { findPeer } from './lib/peers.mjs';
+import { summarizeProfile } from './lib/cpuprofile.mjs';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = resolve(here, '..');
+
+// ---- options ---------------------------------------------------------------------------------------------------
+const argv = process.argv.slice(2);
+const flag = (name) => argv.includes(`--${name}`);
+const opt = (name) => argv.find((a) => a.startsWith(`--${name}=`))?.split('=').slice(1).join('=');
+const QUICK = flag('quick');
+const SECONDS = Math.max(1, Math.round(Number(opt('seconds') ?? (QUICK ? 2 : 8)))); // wrk takes whole seconds
+const REPS = Number(opt('reps') ?? (QUICK ? 1 : 3));
+const WARM_S = 1; // per target (and, in a full run, per payload) before the first repetition
+const MAX_REDO = QUICK ? 0 : 2; // a disturbed repetition is redone up to this many times (quick: only flagged)
+/** Other work above this share of one core (CPU of processes not ours + steal), averaged over a repetition. */
+const DISTURBED_SHARE = 0.05;
+/** Redoing stops once this much load time went into redos, so a busy machine cannot stretch the run without bound. */
+const REDO_BUDGET_S = QUICK ? 0 : 150;
+let redoSpentS = 0;
+const ONLY = opt('only');
+const PROTO_DIST = opt('proto');
+const PROFILE = flag('profile');
+const DIST = resolve(opt('dist') ?? join(root, 'dist'));
+const PREFIX = '/bench';
+const PAYLOADS = [
+  { id: 'small', label: 'GET, 54 B answer', path: '/small', body: 0 },
+  { id: 'large', label: 'GET, 64 KiB answer', path: '/large', body: 0 },
+  { id: 'post', label: 'POST 4 KiB', path: '/post', body: 4096 },
+];
+const CONNS = [32, 1];
+const startedAt = Date.now();
+const log = (...a) => process.stderr.write(`[${((Date.now() - startedAt) / 1000).toFixed(0).padStart(4)}s] ${a.join(' ')}\n`);
+
+installCleanupHandlers();
+pinSelf('0'); // the orchestrator, wrk, the upstream, the IdP and Redis share CPU 0; the proxy under test has CPU 1
+if (osCpus().length < 2) log('warning: fewer than 2 CPUs: pinning cannot separate the proxy from the load generator');
+
+// Node flags the product ships with (Dockerfile ENV NODE_OPTIONS); every Node proxy in the bench gets the same.
+const SHIPPED_NODE_OPTIONS = (() => {
+  try {
+    const m = /^ENV\s+NODE_OPTIONS\s*=\s*"([^"]*)"/m.exec(readFileSync(join(root, 'Dockerfile'), 'utf8'));
+    return m?.[1] ?? '';
+  } catch {
+    return '';
+  }
+})();
+
+// ---- tools -----------------------------------------------------------------------------------------------------
+function have(cmd) {
+  try {
+    execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function ensureDebianPackages() {
+  const missing = ['wrk', 'nginx'].filter((c) => !have(c));
+  if (!missing.length || flag('no-install')) return;
+  const isRoot = process.getuid?.() === 0;
+  if (!isRoot || !have('apt-get')) {
+    log(`missing ${missing.join(', ')} and cannot apt-get here (not root or no apt): those rows are skipped`);
+    return;
+  }
+  log(`installing ${missing.join(' ')} from Debian's packages (apt-get)…`);
+  try {
+    execFileSync('apt-get', ['update', '-qq'], { stdio: 'ignore' });
+    execFileSync('apt-get', ['install', '-y', '-qq', ...missing], { stdio: 'ignore', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+  } catch (err) {
+    log(`apt-get failed (${err.message.split('\n')[0]}): those rows are skipped`);
+  }
+}
+
+// ---- HTTP helpers ----------------------------------------------------------------------------------------------
+function httpGet(url, { method = 'GET', body } = {}) {
+  return new Promise((resolveP, reject) => {
+    const req = httpRequest(url, { method, agent: false, headers: body ? { 'content-length': body.length, 'content-type': 'application/octet-stream' } : {} }, (res) => {
+      let n = 0;
+      const chunks = [];
+      res.on('data', (c) => {
+        n += c.length;
+        if (n < 65536) chunks.push(c);
+      });
+      res.on('end', () => resolveP({ status: res.statusCode, bytes: n, text: Buffer.concat(chunks).toString('utf8') }));
+    });
+    req.on('error', reject);
+    req.setTimeout(10_000, () => req.destroy(new Error('timeout')));
+    req.end(body);
+  });
+}
+
+async function waitFor(fn, timeoutMs, what) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch {
+      /* not yet */
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+// ---- infrastructure: upstream, token endpoint, Redis -----------------------------------------------------------
+async function startUpstream(port = 0) {
+  const p = startProcess('upstream', 'node', [join(here, 'targets', 'upstream.mjs')], { cpus: '0', env: { PORT: String(port) } });
+  const j = await p.waitJson();
+  return { proc: p, port: j.port, origin: `http://127.0.0.1:${j.port}` };
+}
+
+// Others share this machine: if one of our processes dies under us (killed from outside, crashed), start it again
+// and redo the repetition instead of losing the run. Counted and reported.
+const resilience = { upstream: undefined, targets: [], restarts: [] };
+
+function alive(proc) {
+  return proc && proc.child.exitCode === null && proc.child.signalCode === null;
+}
+
+async function ensureAlive() {
+  const up = resilience.upstream;
+  if (up && !alive(up.proc)) {
+    log(`  the upstream (pid ${up.proc.pid}) died (${up.proc.child.signalCode ?? up.proc.child.exitCode}): restarting it on port ${up.port}`);
+    resilience.restarts.push(`upstream (${up.proc.child.signalCode ?? up.proc.child.exitCode})`);
+    const again = await startUpstream(up.port);
+    up.proc = again.proc;
+  }
+  for (const t of resilience.targets) {
+    if (!t.proc || alive(t.proc) || !t.restart) continue;
+    log(`  ${t.id} (pid ${t.pid}) died (${t.proc.child.signalCode ?? t.proc.child.exitCode}): restarting it`);
+    resilience.restarts.push(`${t.id} (${t.proc.child.signalCode ?? t.proc.child.exitCode})`);
+    await t.restart();
+  }
+}
+
+async function startIdp() {
+  const p = startProcess('idp', 'node', [join(here, 'targets', 'idp.mjs')], { cpus: '0' });
+  const j = await p.waitJson();
+  const control = j.control;
+  return {
+    proc: p,
+    tokenUrl: j.tokenUrl,
+    async calls() {
+      return JSON.parse((await httpGet(`${control}/calls`)).text).calls;
+    },
+    async setDelay(ms) {
+      await httpGet(`${control}/delay?ms=${ms}`, { method: 'POST' });
+    },
+  };
+}
+
+async function startRedis() {
+  if (!have('redis-server')) return undefined;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const port = await freePort();
+    const p = startProcess('redis', 'redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--protected-mode', 'yes'], { cpus: '0' });
+    try {
+      await waitFor(() => redisCli(port, 'PING').includes('PONG'), 5000, 'redis');
+      return { proc: p, port, url: `redis://127.0.0.1:${port}` };
+    } catch {
+      await p.stop('SIGKILL');
+    }
+  }
+  return undefined;
+}
+
+// ---- targets ---------------------------------------------------------------------------------------------------
+function sidecarConfig({ upstream, tokenUrl, store, listen = '127.0.0.1:0', admin = '127.0.0.1:0', warm = false, staticRoute = false }) {
+  const storeBlock =
+    store?.type === 'redis'
+      ? `store:\n  type: redis\n  redis:\n    url: ${store.url}\n    keyPrefix: "${store.keyPrefix}"\n`
+      : 'store:\n  type: memory\n';
+  return `version: 1
+listen: ${listen}
+admin: ${admin}
+${storeBlock}routes:
+  - name: bench
+    match: { pathPrefix: ${PREFIX} }
+    upstream: ${upstream}
+    auth: { type: oauth2, tokenUrl: ${tokenUrl}, clientId: demo-client, clientSecret: demo-secret }
+    warm: ${warm}
+${staticRoute ? `  - name: warmup\n    match: { pathPrefix: /warmup }\n    upstream: ${upstream}\n    auth: { type: static, value: static-warmup-key }\n` : ''}`;
+}
+
+/** Start token-sidecar as its own process (`node dist/cli/main.js start`), stdout (pino JSON) to a file. */
+async function startSidecar({ name, dir, cpus, dist = DIST, nodeArgs = [], env = {}, ...cfg }) {
+  const configFile = join(dir, `${name}.yaml`);
+  writeFileSync(configFile, sidecarConfig(cfg));
+  const logFile = join(dir, `${name}.log`);
+  writeFileSync(logFile, '');
+  const p = startProcess(name, 'node', [...nodeArgs, join(dist, 'cli', 'main.js'), 'start', '--config', configFile], {
+    cpus,
+    cwd: dir,
+    stdoutFile: logFile,
+    env: { LOG_FORMAT: 'json', NODE_OPTIONS: SHIPPED_NODE_OPTIONS, ...env },
+  });
+  const line = await Promise.race([
+    waitFor(() => readFileSync(logFile, 'utf8').split('\n').find((l) => l.includes('"event":"listening"')), 20_000, `${name} listening`),
+    p.exited.then(({ code }) => {
+      throw new Error(`${name} exited with ${code}: ${p.stderr()}${readFileSync(logFile, 'utf8').slice(-2000)}`);
+    }),
+  ]);
+  const j = JSON.parse(line);
+  return { proc: p, pid: p.pid, proxy: j.proxy, admin: j.admin, logFile };
+}
+
+async function startNodeTarget(name, script, env, nodeArgs = []) {
+  const p = startProcess(name, 'node', [...nodeArgs, join(here, 'targets', script)], { cpus: '1', env: { NODE_OPTIONS: SHIPPED_NODE_OPTIONS, ...env } });
+  const { port } = await p.waitJson();
+  return { proc: p, pid: p.pid, proxy: `http://127.0.0.1:${port}` };
+}
+
+async function startNginx(upstreamPort) {
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const dir = tempDir('token-sidecar-bench-nginx-');
+    for (const d of ['client_body', 'proxy_temp', 'fastcgi_temp', 'uwsgi_temp', 'scgi_temp']) mkdirSync(join(dir, d));
+    const port = await freePort();
+    const conf = nginxConfig({ dir, port, upstreamPort, prefix: PREFIX });
+    const p = startProcess('nginx', 'nginx', ['-p', dir, '-c', conf, '-e', join(dir, 'error.log')], { cpus: '1' });
+    try {
+      await Promise.race([
+        waitFor(async () => (await httpGet(`http://127.0.0.1:${port}${PREFIX}/small`)).status === 200, 5000, 'nginx'),
+        p.exited.then(() => {
+          throw new Error(`nginx exited: ${p.stderr()}`);
+        }),
+      ]);
+      await waitFor(() => treePids(p.pid).length >= 2, 3000, 'nginx worker');
+      return { proc: p, pid: p.pid, proxy: `http://127.0.0.1:${port}`, accessLog: join(dir, 'access.log') };
+    } catch (err) {
+      log(`nginx start failed (${err.message.split('\n')[0]}), retrying on another port`);
+      await p.stop('SIGKILL');
+    }
+  }
+  throw new Error('nginx would not start');
+}
+
+// ---- statistics ------------------------------------------------------------------------------------------------
+const median = (xs) => {
+  const s = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  if (!s.length) return NaN;
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+const pct = (xs, p) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)] : NaN;
+};
+const f0 = (x) => (Number.isFinite(x) ? Math.round(x).toLocaleString('en-US').replace(/,/g, ' ') : '–');
+const f2 = (x) => (Number.isFinite(x) ? x.toFixed(2) : '–');
+const f3 = (x) => (Number.isFinite(x) ? x.toFixed(3) : '–');
+const mb = (b) => (Number.isFinite(b) ? (b / 1048576).toFixed(0) : '–');
+const ratio = (a, b) => (Number.isFinite(a) && Number.isFinite(b) && b > 0 ? `${(a / b).toFixed(2)}×` : '–');
+
+// ---- one repetition --------------------------------------------------------------------------------------------
+let loadGen = 'wrk';
+const disturbLog = [];
+
+async function quietGate() {
+  // Do not start a repetition while other work is running: wait (bounded) for the machine to calm down.
+  if (QUICK) return 0; // a smoke check neither waits nor redoes
+  const limitMs = 20_000;
+  const t0 = Date.now();
+  for (;;) {
+    const m = otherWorkMark();
+    await sleep(300);
+    const o = otherWorkSince(m);
+    if ((o.cpu + o.steal) / 0.3 <= DISTURBED_SHARE * 2 || Date.now() - t0 > limitMs) return Date.now() - t0;
+  }
+}
+
+async function measureOnce(target, payload, conns, seconds) {
+  const url = `${target.base}${payload.path}`;
+  const pids = target.pid ? treePids(target.pid) : [];
+  const cpu0 = treeCpu(pids);
+  const sampler = rssSampler(pids, 250);
+  const mark = otherWorkMark();
+  const r =
+    loadGen === 'wrk'
+      ? await runWrk({ url, connections: conns, seconds, bodyBytes: payload.body })
+      : await nodeLoad(url, conns, seconds, payload.body);
+  const other = otherWorkSince(mark);
+  const peak = sampler.stop();
+  const cpu = treeCpu(pids) - cpu0;
+  target.requests = (target.requests ?? 0) + r.requests;
+  if (target.logFile) truncateSync(target.logFile, 0); // keep the per-request log from filling the disk
+  const otherShare = (other.cpu + other.steal) / seconds;
+  return {
+    ...r,
+    cpu,
+    cpuPer10k: target.pid ? (cpu / r.requests) * 1e4 : NaN,
+    peakRss: target.pid ? peak : NaN,
+    other: { cpu: other.cpu, steal: other.steal, top: other.top },
+    disturbed: otherShare > DISTURBED_SHARE,
+  };
+}
+
+async function nodeLoad(url, conns, seconds, body) {
+  const p = startProcess('nodeload', 'node', [join(here, 'lib', 'nodeload.mjs'), url, String(conns), String(seconds), String(body)], { cpus: '0' });
+  let out = '';
+  p.child.stdout.on('data', (d) => (out += d));
+  await p.exited;
+  const j = JSON.parse(out.split('\n').find((l) => l.startsWith('BENCHJSON ')).slice(10));
+  return { requests: j.requests, rps: j.requests / (j.duration_us / 1e6), p50Ms: j.p50 / 1000, p90Ms: j.p90 / 1000, p99Ms: j.p99 / 1000, p999Ms: j.p999 / 1000, maxMs: j.max / 1000, errors: j.status };
+}
+
+/** One repetition, redone (up to MAX_REDO times) while other work disturbed it; keeps the least disturbed. */
+async function measureRep(target, payload, conns, seconds, stats) {
+  let best;
+  for (let attempt = 0; attempt <= MAX_REDO; attempt++) {
+    await ensureAlive();
+    await quietGate();
+    let r;
+    try {
+      r = await measureOnce(target, payload, conns, seconds);
+    } catch (err) {
+      // wrk could not run at all (a process died mid-way): count it as disturbed and try again.
+      log(`  ${target.id} ${payload.id} c${conns}: ${err.message.split('\n')[0]}`);
+      r = { requests: 0, rps: NaN, p50Ms: NaN, p90Ms: NaN, p99Ms: NaN, p999Ms: NaN, maxMs: NaN, errors: 1, cpu: NaN, cpuPer10k: NaN, peakRss: NaN, other: { cpu: 0, steal: 0, top: [['wrk failed', 0]] }, disturbed: true };
+    }
+    if (r.errors > 0 && !r.disturbed) {
+      r.disturbed = true; // a proxy answering errors is not a measurement
+      r.other = { ...r.other, top: [[`${r.errors} errors`, 0], ...r.other.top] };
+    }
+    r.attempt = attempt;
+    disturbLog.push({ target: target.id, payload: payload.id, conns, attempt, otherCpuS: +r.other.cpu.toFixed(2), stealS: +r.other.steal.toFixed(2), top: r.other.top, disturbed: r.disturbed });
+    const score = (x) => (x.errors ? 1e9 : 0) + x.other.cpu + x.other.steal;
+    if (!best || score(r) < score(best)) best = r;
+    if (!r.disturbed) break;
+    if (redoSpentS + seconds > REDO_BUDGET_S && r.errors === 0) {
+      if (!stats.budgetSpent) log('  disturbed, but the redo budget is spent: keeping it (flagged)');
+      stats.budgetSpent = true;
+      break;
+    }
+    if (attempt < MAX_REDO) {
+      redoSpentS += seconds;
+      stats.redone++;
+      log(`  disturbed (${r.other.top.map(([c, s]) => `${c} ${s}s`).join(', ') || 'steal'}): redoing`);
+    }
+  }
+  if (best.disturbed) stats.stillDisturbed++;
+  if (best.errors) log(`  ${target.id} ${payload.id} c${conns}: ${best.errors} errors ${JSON.stringify(best.errorDetail ?? {})}`);
+  return best;
+}
+
+// ---- main ------------------------------------------------------------------------------------------------------
+async function main() {
+  const fromJson = opt('report');
+  if (fromJson) {
+    // Rebuild the Markdown from a saved results file (no measurement).
+    const md = report(JSON.parse(readFileSync(fromJson, 'utf8')));
+    writeFileSync(join(here, 'results', 'latest.md'), md);
+    process.stdout.write(`${md}\n`);
+    return;
+  }
+  if (!existsSync(join(DIST, 'cli', 'main.js'))) throw new Error(`${DIST}/cli/main.js missing: run \`npm run build\` (npm run bench does)`);
+  ensureDebianPackages();
+  const notes = [];
+  if (!have('wrk')) {
+    loadGen = 'node';
+    notes.push('wrk is not installed: the fallback Node load generator (bench/lib/nodeload.mjs) was used; it is slower than wrk, so the load generator may be the bottleneck.');
+  }
+  const versions = {
+    node: process.version,
+    undici: findPeer('undici')?.version,
+    wrk: have('wrk') ? '4.1 (Debian)' : undefined,
+    nginx: have('nginx') ? nginxVersion() : undefined,
+    'http-proxy': findPeer('http-proxy')?.version,
+    'http-proxy-3': findPeer('http-proxy-3')?.version,
+  };
+  try {
+    versions.wrk = execFileSync('sh', ['-c', 'wrk -v 2>&1 | head -1'], { encoding: 'utf8' }).trim().split(' [')[0];
+  } catch {
+    /* keep */
+  }
+  const dir = tempDir();
+  log(`bench: ${QUICK ? 'quick' : 'full'} run, ${REPS} repetition(s) of ${SECONDS} s, Node targets with NODE_OPTIONS="${SHIPPED_NODE_OPTIONS}"`);
+
+  const upstream = await startUpstream();
+  resilience.upstream = upstream;
+  const idp = await startIdp();
+  const redis = await startRedis();
+  if (!redis) notes.push('redis-server is not installed: the Redis-store rows and the fleet test are skipped (apt-get install redis-server).');
+
+  const results = { versions, quick: QUICK, seconds: SECONDS, reps: REPS, nodeOptions: SHIPPED_NODE_OPTIONS, notes, matrix: [], startup: [], fleet: [], steady: {}, tail: {}, disturb: disturbLog };
+  const stats = { redone: 0, stillDisturbed: 0 };
+
+  if (!ONLY || ONLY === 'matrix') await matrixPhase({ dir, upstream, idp, redis, results, stats, notes });
+  if (!ONLY || ONLY === 'startup') results.startup = await startupPhase({ dir, upstream, idp, redis });
+  if ((!ONLY || ONLY === 'fleet') && redis) results.fleet = await fleetPhase({ dir, upstream, idp, redis });
+  results.stats = stats;
+  results.restarts = resilience.restarts;
+  results.elapsedS = (Date.now() - startedAt) / 1000;
+  results.when = new Date().toISOString();
+
+  const md = report(results);
+  mkdirSync(join(here, 'results'), { recursive: true });
+  writeFileSync(join(here, 'results', 'latest.md'), md);
+  writeFileSync(join(here, 'results', 'latest.json'), JSON.stringify(results, null, 1));
+  process.stdout.write(`${md}\n`);
+  log(`done in ${results.elapsedS.toFixed(0)} s; wrote bench/results/latest.md`);
+}
+
+// ---- matrix ----------------------------------------------------------------------------------------------------
+async function matrixPhase({ dir, upstream, idp, redis, results, stats, notes }) {
+  const targets = [];
+  resilience.targets = targets;
+  const add = (id, label, started, extra = {}, start) => {
+    const t = { id, label, ...started, base: `${started.proxy}${PREFIX}`, ...extra };
+    if (start) {
+      t.restart = async () => {
+        const again = await start();
+        Object.assign(t, again, { base: `${again.proxy}${PREFIX}` });
+        if (t.product) {
+          // Warm its token again, and keep that token call out of the steady-state count.
+          const before = await idp.calls();
+          await httpGet(`${t.base}/small`);
+          resilience.extraTokenCalls = (resilience.extraTokenCalls ?? 0) + (await idp.calls()) - before;
+        }
+      };
+    }
+    targets.push(t);
+  };
+  targets.push({ id: 'direct', label: 'direct (no proxy)', base: upstream.origin, pid: undefined });
+  const common = { dir, cpus: '1', upstream: upstream.origin, tokenUrl: idp.tokenUrl };
+  const with_ = async (start, ...rest) => add(...rest.slice(0, 2), await start(), rest[2] ?? {}, start);
+  await with_(() => startSidecar({ name: 'sidecar-mem', ...common }), 'sidecar-mem', 'token-sidecar, memory store', { product: true });
+  if (redis) {
+    await with_(() => startSidecar({ name: 'sidecar-redis', ...common, store: { type: 'redis', url: redis.url, keyPrefix: 'bench:' } }), 'sidecar-redis', 'token-sidecar, Redis store', { product: true });
+  }
+  if (PROTO_DIST) {
+    await with_(() => startSidecar({ name: 'sidecar-proto', ...common, dist: resolve(PROTO_DIST) }), 'sidecar-proto', `token-sidecar prototype (${PROTO_DIST}), memory store`, { product: true, proto: true });
+  }
+  await with_(() => startNodeTarget('undici', 'undici-forwarder.mjs', { UPSTREAM: upstream.origin, PREFIX }), 'undici', 'undici forwarder (the bar)');
+  for (const pkg of ['http-proxy', 'http-proxy-3']) {
+    const found = findPeer(pkg);
+    if (!found) {
+      notes.push(`${pkg} is not installed: its rows are skipped (add it as a devDependency; see bench/README.md).`);
+      continue;
+    }
+    await with_(() => startNodeTarget(pkg, 'http-proxy.mjs', { PKG: pkg, UPSTREAM: upstream.origin, PREFIX }), pkg, `${pkg} ${found.version} + keep-alive agent`);
+  }
+  if (have('nginx')) await with_(() => startNginx(upstream.port), 'nginx', 'nginx, 1 worker');
+  else notes.push('nginx is not installed: its rows are skipped (apt-get install nginx).');
+
+  // Idle RSS right after start, then a correctness check of every payload through every target.
+  await sleep(300);
+  for (const t of targets) t.idleRss = t.pid ? treeRss(treePids(t.pid)) : NaN;
+  for (const t of targets) {
+    for (const p of PAYLOADS) {
+      const r = await httpGet(`${t.base}${p.path}`, p.body ? { method: 'POST', body: Buffer.alloc(p.body, 'x') } : {});
+      const want = p.id === 'large' ? 65536 : 54;
+      if (r.status !== 200 || r.bytes !== want) throw new Error(`${t.id} ${p.id}: got ${r.status} with ${r.bytes} B (want 200, ${want} B): ${r.text.slice(0, 200)}`);
+    }
+  }
+  log(`targets up: ${targets.map((t) => t.id).join(', ')}`);
+
+  // Warm-up (JIT, pools, the token is already warm from the check above).
+  for (const t of targets) for (const p of QUICK ? PAYLOADS.slice(0, 1) : PAYLOADS) await measureOnce(t, p, 32, WARM_S);
+
+  // Steady-state cost starts here: everything after this is on a warm token.
+  const steadyStart = {
+    redis: redis ? commandStats(redis.port) : undefined,
+    idpCalls: await idp.calls(),
+    requests: Object.fromEntries(targets.map((t) => [t.id, t.requests ?? 0])),
+  };
+
+  let profile;
+  // The points: 32 connections first (throughput, CPU, RSS), then 1 connection (added latency). In a full run the
+  // 1-connection rows of the peers that no goal depends on get one repetition, to stay within 15 minutes.
+  const latencyTargets = new Set(['direct', 'sidecar-mem', 'sidecar-redis', 'undici']);
+  const estimate = CONNS.reduce((s, c) => s + PAYLOADS.length * targets.reduce((a, t) => a + (c === 1 && !latencyTargets.has(t.id) ? (QUICK ? 0 : 1) : REPS), 0), 0) * SECONDS;
+  log(`matrix: ≈ ${Math.round(estimate)} s of load`);
+  for (const conns of CONNS) {
+    for (const payload of PAYLOADS) {
+      const reps = Object.fromEntries(targets.map((t) => [t.id, []]));
+      for (let rep = 0; rep < REPS; rep++) {
+        // Interleaved: every target once per round, starting from a different one each round.
+        const order = targets.map((_, i) => targets[(i + rep) % targets.length]);
+        for (const t of order) {
+          // Quick: those rows are left out; full: one repetition.
+          if (conns === 1 && !latencyTargets.has(t.id) && (QUICK || rep >= 1)) continue;
+          const r = await measureRep(t, payload, conns, SECONDS, stats);
+          reps[t.id].push(r);
+          log(`${payload.id.padEnd(5)} c${String(conns).padEnd(2)} rep ${rep + 1} ${t.id.padEnd(13)} ${f0(r.rps).padStart(7)} req/s  p50 ${f3(r.p50Ms)}  p99 ${f3(r.p99Ms)} ms  cpu/10k ${f3(r.cpuPer10k)}  rss ${mb(r.peakRss)} MB${r.disturbed ? '  (disturbed)' : ''}`);
+        }
+      }
+      for (const t of targets) {
+        const rs = reps[t.id];
+        results.matrix.push({
+          target: t.id,
+          label: t.label,
+          payload: payload.id,
+          conns,
+          reps: rs.length,
+          redone: rs.reduce((a, r) => a + r.attempt, 0),
+          rps: median(rs.map((r) => r.rps)),
+          p50Ms: median(rs.map((r) => r.p50Ms)),
+          p99Ms: median(rs.map((r) => r.p99Ms)),
+          cpuPer10k: median(rs.map((r) => r.cpuPer10k)),
+          peakRss: Math.max(...rs.map((r) => r.peakRss)),
+          idleRss: t.idleRss,
+          errors: rs.reduce((a, r) => a + r.errors, 0),
+          raw: rs.map(({ rps, p50Ms, p99Ms, cpuPer10k, peakRss, errors, other, attempt }) => ({ rps, p50Ms, p99Ms, cpuPer10k, peakRss, errors, other, attempt })),
+        });
+      }
+    }
+  }
+
+  // Steady-state cost: Redis commands and token calls per 10 000 proxied requests on a warm token.
+  const idpCallsEnd = await idp.calls();
+  for (const t of targets.filter((x) => x.product)) {
+    const reqs = (t.requests ?? 0) - steadyStart.requests[t.id];
+    results.steady[t.id] = { requests: reqs };
+  }
+  const productRequests = Object.values(results.steady).reduce((a, s) => a + s.requests, 0);
+  results.steady.tokenCalls = idpCallsEnd - steadyStart.idpCalls - (resilience.extraTokenCalls ?? 0);
+  results.steady.tokenCallsPer10k = (results.steady.tokenCalls / Math.max(1, productRequests)) * 1e4;
+  if (redis) {
+    const delta = commandDelta(steadyStart.redis, commandStats(redis.port));
+    const total = Object.values(delta).reduce((a, b) => a + b, 0);
+    results.steady.redisCommands = delta;
+    results.steady.redisTotal = total;
+    results.steady.redisPer10k = (total / Math.max(1, results.steady['sidecar-redis']?.requests ?? 1)) * 1e4;
+  }
+
+  // The undici forwarder's 64 KiB tail: variants at 1 connection, and whether the product has it.
+  results.tail = await tailPhase({ upstream, idp, dir, stats });
+
+  if (PROFILE) profile = await profilePhase({ dir, upstream, idp });
+  results.profile = profile;
+
+  for (const t of targets) if (t.proc) await t.proc.stop();
+}
+
+// ---- the 64 KiB tail -------------------------------------------------------------------------------------------
+async function tailPhase({ upstream, idp, dir, stats }) {
+  // Found here: with V8's default young generation, the undici forwarder pinned to one CPU has a p99 of ~8 ms on
+  // 64 KiB answers at 1 connection; V8's parallel scavenger waits for helper threads that must share that one CPU.
+  // --single-threaded-gc or a small young generation (--max-semi-space-size=2, what the product ships) remove it;
+  // a larger highWaterMark does not. The variants below show it in every run.
+  const secs = QUICK ? 2 : 5;
+  const payload = PAYLOADS[1];
+  const all = [
+    { id: 'nofl', label: 'undici forwarder, no Node flags (as in performance.md)', env: { TRACE: '1', NODE_OPTIONS: '' } },
+    { id: 'nofl-stgc', label: 'undici forwarder, no flags + `--single-threaded-gc`', env: { TRACE: '1', NODE_OPTIONS: '' }, nodeArgs: ['--single-threaded-gc'] },
+    { id: 'nofl-hwm', label: 'undici forwarder, no flags + `createServer({ highWaterMark: 64 KiB })`', env: { TRACE: '1', NODE_OPTIONS: '', SERVER_HWM: String(65536) } },
+    { id: 'shipped', label: `undici forwarder, shipped \`${SHIPPED_NODE_OPTIONS}\` (as in the matrix)`, env: { TRACE: '1' } },
+    { id: 'prod-nofl', label: 'token-sidecar, no Node flags', product: true, env: { NODE_OPTIONS: '' } },
+    { id: 'prod-shipped', label: `token-sidecar, shipped \`${SHIPPED_NODE_OPTIONS}\``, product: true, env: {} },
+  ];
+  const variants = QUICK ? all.filter((v) => ['nofl', 'nofl-stgc', 'prod-nofl'].includes(v.id)) : all;
+  const out = { secs, variants: [] };
+  for (const v of variants) {
+    let t;
+    if (v.product) {
+      t = await startSidecar({ name: `tail-${v.id}`, dir, cpus: '1', upstream: upstream.origin, tokenUrl: idp.tokenUrl, env: v.env, nodeArgs: v.nodeArgs ?? [] });
+    } else {
+      t = await startNodeTarget(`undici-${v.id}`, 'undici-forwarder.mjs', { UPSTREAM: upstream.origin, PREFIX, ...v.env }, v.nodeArgs ?? []);
+    }
+    const target = { id: `tail-${v.id}`, pid: t.pid, base: `${t.proxy}${PREFIX}`, logFile: t.logFile };
+    await measureOnce(target, payload, 1, 1);
+    let traced = Promise.resolve(undefined);
+    if (!v.product) {
+      // Collect the trace of the measured run only (SIGUSR2 prints and resets it).
+      traced = new Promise((resolveP) => {
+        let buf = '';
+        const onData = (d) => {
+          buf += d;
+          const line = buf.split('\n').find((l) => l.startsWith('{"trace"'));
+          if (line) {
+            t.proc.child.stdout.off('data', onData);
+            resolveP(JSON.parse(line));
+          }
+        };
+        t.proc.child.stdout.on('data', onData);
+      });
+      process.kill(t.pid, 'SIGUSR2');
+      await sleep(100);
+      // Drop the warm-up's trace, keep listening for the next one.
+      traced = traced.then(
+        () =>
+          new Promise((resolveP) => {
+            let buf = '';
+            const onData = (d) => {
+              buf += d;
+              const line = buf.split('\n').find((l) => l.startsWith('{"trace"'));
+              if (line) {
+                t.proc.child.stdout.off('data', onData);
+                resolveP(JSON.parse(line));
+              }
+            };
+            t.proc.child.stdout.on('data', onData);
+          }),
+      );
+    }
+    const r = await measureRep(target, payload, 1, secs, stats);
+    if (!v.product) process.kill(t.pid, 'SIGUSR2');
+    const tr = await Promise.race([traced, sleep(3000).then(() => undefined)]);
+    await t.proc.stop();
+    const slow = tr?.slow ?? [];
+    const gcs = tr?.gcs ?? [];
+    // A slow request "meets" a GC when a GC pause overlaps its time inside the proxy.
+    const withGc = slow.filter(([st, d]) => gcs.some(([gs, gd]) => gs < st + d && gs + gd > st)).length;
+    const kinds = {};
+    for (const [, gd, k] of gcs) {
+      const name = { 1: 'scavenge', 2: 'mark-sweep-compact', 4: 'incremental', 8: 'weak-callbacks', 16: 'minor-mark-sweep' }[k] ?? String(k);
+      kinds[name] ??= { n: 0, ms: 0, maxMs: 0 };
+      kinds[name].n++;
+      kinds[name].ms += gd;
+      kinds[name].maxMs = Math.max(kinds[name].maxMs, gd);
+    }
+    out.variants.push({
+      id: v.id,
+      label: v.label,
+      product: !!v.product,
+      rps: r.rps,
+      p50Ms: r.p50Ms,
+      p90Ms: r.p90Ms,
+      p99Ms: r.p99Ms,
+      p999Ms: r.p999Ms,
+      maxMs: r.maxMs,
+      cpuPer10k: r.cpuPer10k,
+      peakRss: r.peakRss,
+      disturbed: r.disturbed,
+      served: tr?.served,
+      slowInProxy: tr ? slow.length : undefined,
+      slowWithGc: tr ? withGc : undefined,
+      gc: kinds,
+    });
+    log(`tail ${v.id.padEnd(12)} ${f0(r.rps)} req/s p50 ${f3(r.p50Ms)} p90 ${f3(r.p90Ms)} p99 ${f3(r.p99Ms)} p99.9 ${f3(r.p999Ms)} ms cpu/10k ${f3(r.cpuPer10k)}${tr ? `; in-proxy >2 ms: ${slow.length} (${withGc} overlap a GC pause), ${gcs.length} GCs` : ''}`);
+  }
+  return out;
+}
+
+// ---- profile of the product ------------------------------------------------------------------------------------
+async function profilePhase({ dir, upstream, idp }) {
+  const profDir = join(dir, 'prof');
+  mkdirSync(profDir, { recursive: true });
+  const out = {};
+  for (const payload of [PAYLOADS[0], PAYLOADS[1]]) {
+    const s = await startSidecar({ name: `prof-${payload.id}`, dir, cpus: '1', upstream: upstream.origin, tokenUrl: idp.tokenUrl, nodeArgs: ['--cpu-prof', `--cpu-prof-dir=${profDir}`, `--cpu-prof-name=${payload.id}.cpuprofile`] });
+    const target = { id: 'prof', pid: s.pid, base: `${s.proxy}${PREFIX}`, logFile: s.logFile };
+    await ensureAlive();
+    await httpGet(`${target.base}/small`);
+    await measureOnce(target, payload, 32, QUICK ? 2 : 6);
+    await s.proc.stop('SIGTERM', 8000);
+    const file = join(profDir, `${payload.id}.cpuprofile`);
+    out[payload.id] = existsSync(file) ? summarizeProfile(JSON.parse(readFileSync(file, 'utf8'))) : undefined;
+  }
+  return out;
+}
+
+// ---- start-up --------------------------------------------------------------------------------------------------
+async function startupPhase({ dir, upstream, idp, redis }) {
+  const n = QUICK ? 3 : 5;
+  const kinds = [{ id: 'memory', label: 'memory store' }];
+  if (redis) kinds.push({ id: 'redis', label: 'Redis store' });
+  kinds.push({ id: 'memory-warm', label: 'memory store, `warm: true` (token fetched before ready)', warm: true });
+  const out = [];
+  for (const k of kinds) {
+    const times = [];
+    for (let i = 0; i < n; i++) {
+      const [lp, ap] = [await freePort(), await freePort()];
+      const name = `startup-${k.id}-${i}`;
+      const cfgFile = join(dir, `${name}.yaml`);
+      const store = k.id === 'redis' ? { type: 'redis', url: redis.url, keyPrefix: `startup${i}:` } : undefined;
+      writeFileSync(cfgFile, sidecarConfig({ upstream: upstream.origin, tokenUrl: idp.tokenUrl, store, listen: `127.0.0.1:${lp}`, admin: `127.0.0.1:${ap}`, warm: !!k.warm }));
+      const t0 = performance.now();
+      const p = startProcess(name, 'node', [join(DIST, 'cli', 'main.js'), 'start', '--config', cfgFile], { cpus: '1', cwd: dir, stdoutFile: join(dir, `${name}.log`), env: { LOG_FORMAT: 'json', NODE_OPTIONS: SHIPPED_NODE_OPTIONS } });
+      let ms;
+      try {
+        await waitFor(async () => (await httpGet(`http://127.0.0.1:${ap}/readyz`)).status === 200, 10_000, 'readyz');
+        ms = performance.now() - t0;
+      } catch {
+        ms = NaN;
+      }
+      times.push(ms);
+      await p.stop();
+    }
+    out.push({ id: k.id, label: k.label, times, median: median(times) });
+    log(`start-up ${k.id}: ${times.map((t) => t.toFixed(0)).join(', ')} ms`);
+  }
+  return out;
+}
+
+// ---- fleet -----------------------------------------------------------------------------------------------------
+async function fleetPhase({ dir, upstream, idp, redis }) {
+  const sizes = [1, 4, 8, 16];
+  const perSidecar = 50;
+  const DELAY = 200;
+  const out = [];
+  await idp.setDelay(DELAY);
+  try {
+    for (const n of sizes) {
+      const keyPrefix = `fleet${n}x${Date.now() % 100000}:`;
+      const sidecars = await Promise.all(
+        Array.from({ length: n }, (_, i) =>
+          startSidecar({ name: `fleet${n}-${i}`, dir, cpus: '0,1', upstream: upstream.origin, tokenUrl: idp.tokenUrl, store: { type: 'redis', url: redis.url, keyPrefix }, staticRoute: true }),
+        ),
+      );
+      // Ready, and connected to Redis (commands and events): "cold" means no token anywhere, not "not connected".
+      await Promise.all(
+        sidecars.map((s) =>
+          waitFor(async () => {
+            const r = await httpGet(`${s.admin}/readyz`);
+            return r.status === 200 && JSON.parse(r.text).checks?.store === 'ok';
+          }, 10_000, 'readyz with the store connected'),
+        ),
+      );
+      await sleep(200); // let every sidecar's Redis subscription settle
+      const calls0 = await idp.calls();
+      const client = startProcess(`fleet-client-${n}`, 'node', [join(here, 'lib', 'fleet-client.mjs'), `${PREFIX}/small`, '/warmup/small', String(perSidecar), ...sidecars.map((s) => s.proxy)], { cpus: '0,1' });
+      const res = await client.waitJson('done', 60_000);
+      const calls = (await idp.calls()) - calls0;
+      const extra = res.results.map((r) => r.ms - DELAY);
+      const ok = res.results.filter((r) => r.status === 200).length;
+      // Each sidecar's first answer: when its waiters got the token (coordination); the rest of its 50 answers
+      // queue behind it for CPU (N sidecars × 50 answers on 2 cores).
+      const firsts = sidecars.map((_, i) => Math.min(...res.results.filter((r) => r.sidecar === i).map((r) => r.ms - DELAY)));
+      // Pod side, from /metrics: each waiting pod's lock wait (acquire → token landed from the store) minus the
+      // lock holder's token endpoint call: the coordination overhead (pub/sub wake-up, store reads).
+      const metric = (text, name) => {
+        const m = new RegExp(`^${name}\\{[^}]*route="bench"[^}]*\\} ([0-9.e+-]+)$`, 'm').exec(text);
+        return m ? Number(m[1]) : 0;
+      };
+      const scraped = await Promise.all(sidecars.map(async (s) => (await httpGet(`${s.admin}/metrics`)).text));
+      const fetchS = scraped.reduce((a, t) => a + metric(t, 'token_sidecar_token_refresh_duration_seconds_sum'), 0);
+      const fetchN = scraped.reduce((a, t) => a + metric(t, 'token_sidecar_token_refresh_duration_seconds_count'), 0);
+      const tokenMs = fetchN ? (fetchS / fetchN) * 1000 : NaN;
+      const waits = scraped.filter((t) => metric(t, 'token_sidecar_lock_wait_seconds_count') > 0).map((t) => (metric(t, 'token_sidecar_lock_wait_seconds_sum') / metric(t, 'token_sidecar_lock_wait_seconds_count')) * 1000 - tokenMs);
+      out.push({ n, requests: res.results.length, ok, tokenCalls: calls, p50: pct(extra, 50), p99: pct(extra, 99), max: Math.max(...extra), min: Math.min(...extra), firstP50: pct(firsts, 50), firstMax: Math.max(...firsts), tokenMs, waitP50: pct(waits, 50), waitMax: waits.length ? Math.max(...waits) : NaN, waiters: waits.length });
+      log(`fleet N=${n}: token calls ${calls}, ${ok}/${res.results.length} ok, extra latency p50 ${f2(pct(extra, 50))} p99 ${f2(pct(extra, 99))} max ${f2(Math.max(...extra))} ms; first answer per sidecar p50 ${f2(pct(firsts, 50))} max ${f2(Math.max(...firsts))} ms; token call ${f2(tokenMs)} ms, pods' lock wait beyond it p50 ${f2(pct(waits, 50))} max ${f2(Math.max(...waits))} ms`);
+      if (process.env.BENCH_KEEP) log(`  slowest sidecar: ${sidecars[firsts.indexOf(Math.max(...firsts))].logFile}`);
+      await Promise.all(sidecars.map((s) => s.proc.stop()));
+    }
+  } finally {
+    await idp.setDelay(0);
+  }
+  return out;
+}
+
+// ---- report ----------------------------------------------------------------------------------------------------
+function report(R) {
+  const L = [];
+  const row = (cells) => L.push(`| ${cells.join(' | ')} |`);
+  const get = (target, payload, conns) => R.matrix.find((m) => m.target === target && m.payload === payload && m.conns === conns);
+  const when = (R.when ?? new Date().toISOString()).replace(/\.\d+Z$/, 'Z');
+  L.push(`# token-sidecar benchmark${R.quick ? ' (quick smoke run: 1 short repetition, not for judging)' : ''}`);
+  L.push('');
+  L.push(`${when} · ${osCpus().length} × ${osCpus()[0]?.model ?? 'CPU'} · Node ${R.versions.node} · undici ${R.versions.undici ?? '?'} · ${R.versions.wrk ?? 'no wrk'} · ${R.versions.nginx ?? 'no nginx'} · http-proxy ${R.versions['http-proxy'] ?? '–'} · http-proxy-3 ${R.versions['http-proxy-3'] ?? '–'}`);
+  L.push('');
+  L.push(`Method: the proxy under test alone on CPU 1; wrk (1 thread), the upstream (a node:http server with canned answers), the token endpoint and Redis on CPU 0. ${R.reps} interleaved repetition(s) of ${R.seconds} s per point after a warm-up, medians reported (1-connection rows of peers that no goal depends on: ${R.quick ? 'left out in a quick run' : '1 repetition'}). CPU = Δ(utime+stime) of the proxy's process tree from /proc per 10 000 requests; RSS idle right after start, peak sampled every 250 ms under load. Every Node proxy runs with the product's shipped \`NODE_OPTIONS="${R.nodeOptions}"\` (Dockerfile). token-sidecar runs as shipped: \`node dist/cli/main.js start\`, JSON request logs (one line per request) to a file. A repetition is disturbed when other work (CPU of processes that are not the bench's, plus steal) exceeds ${DISTURBED_SHARE * 100} % of one core over it; it is redone up to ${MAX_REDO} times (at most ${REDO_BUDGET_S} s of redos per run), after waiting up to 20 s for the machine to calm down. **Redone: ${R.stats.redone}; still disturbed after redoing: ${R.stats.stillDisturbed}.** Total time ${Math.round(R.elapsedS)} s.`);
+  if (R.restarts?.length) L.push(`\n> Processes that died under the run (killed from outside or crashed) and were restarted, their repetitions redone: ${R.restarts.join(', ')}.`);
+  for (const n of R.notes) L.push(`\n> ${n}`);
+  L.push('');
+
+  if (R.matrix.length) {
+    const targets = [...new Set(R.matrix.map((m) => m.target))];
+    L.push('## Throughput, latency, CPU, memory');
+    for (const conns of CONNS) {
+      for (const p of PAYLOADS) {
+        L.push('');
+        L.push(`### ${p.label}, ${conns} connection${conns === 1 ? '' : 's'}${conns === 32 ? ' (saturated: p99 is queueing, reported, not judged)' : ''}`);
+        L.push('');
+        row(['target', 'req/s', '× direct', '× undici', 'p50 ms', 'p99 ms', 'CPU-s/10k req', 'CPU × undici', 'RSS idle MB', 'RSS peak MB', 'RSS × undici', 'reps (redone)']);
+        row(['---', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:']);
+        const d = get('direct', p.id, conns);
+        const u = get('undici', p.id, conns);
+        for (const t of targets) {
+          const m = get(t, p.id, conns);
+          if (!m || !m.reps) continue;
+          row([
+            m.label + (m.errors ? ` (**${m.errors} errors**)` : ''),
+            f0(m.rps),
+            ratio(m.rps, d?.rps),
+            ratio(m.rps, u?.rps),
+            f3(m.p50Ms),
+            f3(m.p99Ms),
+            f3(m.cpuPer10k),
+            t === 'direct' ? '–' : ratio(m.cpuPer10k, u?.cpuPer10k),
+            mb(m.idleRss),
+            mb(m.peakRss),
+            t === 'direct' ? '–' : ratio(m.peakRss, u?.peakRss),
+            `${m.reps} (${m.redone})`,
+          ]);
+        }
+      }
+    }
+    L.push('');
+  }
+
+  // Goals.
+  const products = ['sidecar-mem', 'sidecar-redis'].filter((t) => R.matrix.some((m) => m.target === t));
+  const goals = [];
+  const verdict = (ok) => (ok === undefined ? 'not measured' : ok ? '**met**' : '**not met**');
+  const pname = (t) => (t === 'sidecar-mem' ? 'memory' : 'Redis');
+  if (R.matrix.length && products.length) {
+    {
+      let ok = true;
+      const parts = [];
+      for (const t of products) {
+        const xs = PAYLOADS.map((p) => {
+          const r = get(t, p.id, 32).rps / get('undici', p.id, 32).rps;
+          if (!(r >= 0.9)) ok = false;
+          return `${p.id} ${r.toFixed(2)}×`;
+        });
+        parts.push(`${pname(t)}: ${xs.join(', ')}`);
+      }
+      goals.push(['throughput on a warm token, every payload, 32 connections', '≥ 0.9 × the undici forwarder', parts.join('; '), verdict(ok)]);
+    }
+    {
+      let ok = true;
+      const parts = [];
+      for (const t of products) {
+        const xs = PAYLOADS.map((p) => {
+          const m = get(t, p.id, 1);
+          const d = get('direct', p.id, 1);
+          const a50 = m.p50Ms - d.p50Ms;
+          const a99 = m.p99Ms - d.p99Ms;
+          if (!(a50 <= 0.3 && a99 <= 1)) ok = false;
+          return `${p.id} +${f3(a50)} / +${f3(a99)}`;
+        });
+        parts.push(`${pname(t)} (p50 / p99 ms): ${xs.join(', ')}`);
+      }
+      goals.push(['added latency over direct, 1 connection', 'p50 ≤ 0.3 ms, p99 ≤ 1 ms', parts.join('; '), verdict(ok)]);
+    }
+    for (const [key, label, bound] of [
+      ['cpuPer10k', 'CPU per request (32 connections)', '≤ 1.1 × the undici forwarder'],
+      ['peakRss', 'peak RSS under load (32 connections)', '≤ 1.1 × the undici forwarder'],
+    ]) {
+      let ok = true;
+      const parts = [];
+      for (const t of products) {
+        const xs = PAYLOADS.map((p) => {
+          const r = get(t, p.id, 32)[key] / get('undici', p.id, 32)[key];
+          if (!(r <= 1.1)) ok = false;
+          return `${p.id} ${r.toFixed(2)}×`;
+        });
+        parts.push(`${pname(t)}: ${xs.join(', ')}`);
+      }
+      goals.push([label, bound, parts.join('; '), verdict(ok)]);
+    }
+  }
+  if (R.fleet.length) {
+    goals.push(['fleet token calls, any N', '1', R.fleet.map((f) => `N=${f.n}: ${f.tokenCalls}`).join(', '), verdict(R.fleet.every((f) => f.tokenCalls === 1))]);
+    const worst = Math.max(...R.fleet.map((f) => f.max));
+    goals.push([
+      "waiters' extra latency over the token endpoint's (judged on every request's latency, client side: max)",
+      '≤ 20 ms',
+      `${R.fleet.map((f) => `N=${f.n}: p50 ${f2(f.p50)}, max ${f2(f.max)} ms`).join('; ')} (coordination alone, pods' lock wait beyond the token call: max ${R.fleet.filter((f) => f.waiters).map((f) => `${f0(f.waitMax)}`).join(' / ')} ms for N=${R.fleet.filter((f) => f.waiters).map((f) => f.n).join('/')})`,
+      verdict(worst <= 20),
+    ]);
+  }
+  if (R.steady && R.steady.tokenCalls !== undefined) {
+    const redisPart = R.steady.redisTotal !== undefined ? `${f2(R.steady.redisPer10k)} Redis commands / 10k (${R.steady.redisTotal} over ${f0(R.steady['sidecar-redis']?.requests)} requests)` : 'Redis not measured';
+    goals.push(['Redis commands and token calls per 10k warm requests', '0 and 0', `${redisPart}; ${f2(R.steady.tokenCallsPer10k)} token calls / 10k`, verdict((R.steady.redisTotal ?? 0) === 0 && R.steady.tokenCalls === 0)]);
+  }
+  if (R.startup.length) {
+    const m = R.startup.find((s) => s.id === 'memory');
+    goals.push(['start to ready', '≤ 500 ms', R.startup.map((s) => `${s.id}: ${f0(s.median)} ms`).join(', '), verdict(R.startup.filter((s) => s.id !== 'memory-warm').every((s) => s.median <= 500) && m !== undefined)]);
+  }
+  if (R.matrix.some((m) => m.target === 'nginx') && products.length) {
+    let ok = true;
+    const parts = [];
+    for (const t of products) {
+      const xs = PAYLOADS.map((p) => {
+        const r = get(t, p.id, 32).rps / get('nginx', p.id, 32).rps;
+        if (!(r >= 0.5)) ok = false;
+        return `${p.id} ${r.toFixed(2)}×`;
+      });
+      parts.push(`${pname(t)}: ${xs.join(', ')}`);
+    }
+    goals.push(['stretch: throughput vs nginx, every payload, 32 connections', '≥ 0.5 × nginx', parts.join('; '), verdict(ok)]);
+  }
+  if (goals.length) {
+    L.push('## Goals (same run, same pinning)');
+    L.push('');
+    row(['goal', 'bound', 'measured', 'verdict']);
+    row(['---', '---', '---', '---']);
+    for (const g of goals) row(g);
+    L.push('');
+    if (R.quick) L.push('_Quick run: one short repetition per point; the verdicts are a smoke check, not a judgement._\n');
+  }
+
+  if (R.startup.length) {
+    L.push('## Start-up: process start to `/readyz` 200');
+    L.push('');
+    row(['configuration', 'median ms', 'runs ms']);
+    row(['---', '---:', '---']);
+    for (const s of R.startup) row([s.label, f0(s.median), s.times.map((t) => f0(t)).join(', ')]);
+    L.push('');
+    L.push('Pinned to CPU 1 like the proxy. `warm: true` is shown for reference: it includes a token fetch from the local token endpoint.');
+    L.push('');
+  }
+
+  if (R.fleet.length) {
+    L.push('## Fleet: N sidecars on one Redis, cold, 50 concurrent requests each, token endpoint slowed to 200 ms');
+    L.push('');
+    row(['N', 'requests (200 OK)', 'token endpoint calls', 'extra latency p50 ms', 'p99 ms', 'max ms', "each pod's first answer p50 / max ms", 'token call ms (holder)', "waiting pods' lock wait beyond the token call p50 / max ms"]);
+    row(['---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:']);
+    for (const f of R.fleet) row([f.n, `${f.requests} (${f.ok})`, f.tokenCalls, f2(f.p50), f2(f.p99), f2(f.max), `${f2(f.firstP50)} / ${f2(f.firstMax)}`, f0(f.tokenMs), f.waiters ? `${f0(f.waitP50)} / ${f0(f.waitMax)}` : '– (no waiting pod)']);
+    L.push('');
+    L.push("Extra latency = each request's latency, from the moment the client sent it, minus the token endpoint's 200 ms (client side, every request of the burst). A pod's first answer shows when its waiters got the token; its other answers queue behind it for CPU (N × 50 cold requests, N sidecars on 2 cores, each opening its upstream connections). The last column comes from each pod's `/metrics` (`lock_wait_seconds` minus the holder's `token_refresh_duration_seconds`, whole ms): the coordination cost alone. Client connections and each pod's forwarding path are warmed first through a static-key route, so no token is involved before the burst.");
+    L.push('');
+  }
+
+  if (R.steady && R.steady.tokenCalls !== undefined) {
+    L.push('## Steady-state cost on a warm token (over the whole matrix after warm-up)');
+    L.push('');
+    row(['store', 'proxied requests', 'token endpoint calls', 'Redis commands (INFO commandstats Δ)', 'per 10k requests']);
+    row(['---', '---:', '---:', '---', '---']);
+    const tc = R.steady.tokenCalls;
+    if (R.steady['sidecar-mem']) row(['memory', f0(R.steady['sidecar-mem'].requests), `${tc} (all products)`, '–', `${f2(R.steady.tokenCallsPer10k)} token calls`]);
+    if (R.steady['sidecar-redis'])
+      row(['Redis', f0(R.steady['sidecar-redis'].requests), `${tc} (all products)`, JSON.stringify(R.steady.redisCommands) === '{}' ? 'none' : JSON.stringify(R.steady.redisCommands), `${f2(R.steady.redisPer10k)} Redis commands`]);
+    L.push('');
+  }
+
+  if (R.tail?.variants?.length) {
+    L.push(`## The undici forwarder's 64 KiB tail (1 connection, GET 64 KiB, ${R.tail.secs} s each, pinned like the matrix)`);
+    L.push('');
+    row(['variant', 'req/s', 'p50 ms', 'p90 ms', 'p99 ms', 'p99.9 ms', 'max ms', 'CPU-s/10k', 'requests > 2 ms inside the proxy (… overlapping a GC pause)', 'GCs seen by the process (count, pause ms total, max)']);
+    row(['---', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---']);
+    for (const v of R.tail.variants) {
+      const gc = Object.entries(v.gc).map(([k, g]) => `${k} ${g.n}, ${g.ms.toFixed(0)}, ${g.maxMs.toFixed(1)}`).join('; ');
+      row([v.label + (v.disturbed ? ' (disturbed)' : ''), f0(v.rps), f3(v.p50Ms), f3(v.p90Ms), f3(v.p99Ms), f3(v.p999Ms), f2(v.maxMs), f3(v.cpuPer10k), v.slowInProxy === undefined ? '–' : `${v.slowInProxy} of ${v.served ?? '?'} (${v.slowWithGc})`, gc || '–']);
+    }
+    const prod = R.matrix.filter((m) => m.payload === 'large' && m.conns === 1 && m.reps && ['sidecar-mem', 'sidecar-redis', 'sidecar-proto', 'undici', 'http-proxy', 'nginx', 'direct'].includes(m.target));
+    if (prod.length) {
+      L.push('');
+      L.push('Same point in the matrix (medians, shipped flags): ' + prod.map((m) => `${m.label}: p50 ${f3(m.p50Ms)}, p99 ${f3(m.p99Ms)} ms`).join('; ') + '.');
+    }
+    L.push('');
+    L.push("How to read it (investigation in bench/README.md): the tail is intermittent. It comes and goes between processes and runs (compare the no-flag rows across runs), and when it is there it goes with V8's young-generation GC: without flags V8 keeps a 16 MiB young generation scavenged by parallel helper threads, which on a process pinned to one CPU (or held to one by a CPU quota) can only run when the main thread yields. In the dedicated runs `--single-threaded-gc` (command line only, not allowed in NODE_OPTIONS) took p99 from 8.3–8.5 ms to 2.0–2.1 ms and `--max-semi-space-size=2` (shipped in the Dockerfile) to 1.9–2.1 ms; a larger `highWaterMark` never helped. About 2 ms of p99 at 1 connection is common to every proxy here (54 B answers and http-proxy too): waking the proxy's idle CPU on this VM; direct has no cross-CPU hop.");
+    L.push('');
+  }
+
+  if (R.profile) {
+    L.push('## CPU profile of token-sidecar (32 connections, self time)');
+    for (const [payload, prof] of Object.entries(R.profile)) {
+      if (!prof) continue;
+      L.push('');
+      L.push(`### ${payload}`);
+      L.push('');
+      row(['function', 'where', 'self %']);
+      row(['---', '---', '---:']);
+      for (const f of prof.top.slice(0, 25)) row([f.name, f.where, f.pct.toFixed(1)]);
+      L.push('');
+      row(['area', 'self %']);
+      row(['---', '---:']);
+      for (const a of prof.areas) row([a.area, a.pct.toFixed(1)]);
+    }
+    L.push('');
+  }
+
+  const disturbed = R.disturb.filter((d) => d.disturbed);
+  if (disturbed.length) {
+    L.push('## Disturbed repetitions');
+    L.push('');
+    row(['target', 'payload', 'connections', 'attempt', 'other CPU s', 'steal s', 'busiest other processes']);
+    row(['---', '---', '---:', '---:', '---:', '---:', '---']);
+    for (const d of disturbed) row([d.target, d.payload, d.conns, d.attempt, f2(d.otherCpuS), f2(d.stealS), d.top.map(([c, s]) => `${c} ${s}`).join(', ')]);
+    L.push('');
+  }
+  return L.join('\n');
+}
+
+main()
+  .catch((err) => {
+    process.stderr.write(`bench failed: ${err?.stack ?? err}\n`);
+    process.exitCode = 1;
+  })
+  .finally(() => cleanupAll().then(() => process.exit()));
