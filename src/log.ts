@@ -93,14 +93,5 @@ export function createLoggers(opts: LoggerOptions = {}): Loggers {
 export function createAuditLogger(destination: string, main: Logger): Logger {
   if (destination === 'stdout') return main;
   const dest = destination === 'stderr' ? pino.destination(2) : pino.destination({ dest: destination, mkdir: true, sync: false });
-  return pino(
-    {
-      level: main.level,
-      base: { pid: process.pid, stream: 'audit' },
-      redact: { paths: REDACT_PATHS, censor: '[redacted]' },
-      timestamp: pino.stdTimeFunctions.isoTime,
-      formatters: { level: (label: string) => ({ level: label }) },
-    },
-    dest,
-  );
+  return pino({ ...baseOptions({ level: main.level }), base: { pid: process.pid, stream: 'audit' }, redact: REDACT }, dest);
 }

@@ -100,7 +100,7 @@ export class ProxyHandler {
       const call: UpstreamCall = {
         method: req.method ?? 'GET',
         path: match.path,
-        headers: withRequestId(upstreamRequestHeaders(req.rawHeaders, route.inject.header, formatInjection(route.inject.format, tokenValue)), appRequestId, requestId),
+        headers: upstreamHeaders(req, route, tokenValue, appRequestId, requestId),
         body,
         signal: res,
       };
@@ -112,7 +112,7 @@ export class ProxyHandler {
         if (fresh && !clientGone) {
           replayed = true;
           sentToken = fresh;
-          call.headers = withRequestId(upstreamRequestHeaders(req.rawHeaders, route.inject.header, formatInjection(route.inject.format, fresh.value.reveal())), appRequestId, requestId);
+          call.headers = upstreamHeaders(req, route, fresh.value.reveal(), appRequestId, requestId);
           // Never loop: the replay's answer, 401 or not, goes to the app.
           await this.#forwarder.send(route, call, res, false);
         } else {
@@ -150,20 +150,22 @@ export class ProxyHandler {
   }
 }
 
-function withRequestId(headers: string[], fromApp: string | string[] | undefined, requestId: string): string[] {
+/** The app's headers as the vendor gets them: the token injected, and a request id added if the app sent none. */
+function upstreamHeaders(req: IncomingMessage, route: Route, token: string, fromApp: string | string[] | undefined, requestId: string): string[] {
+  const headers = upstreamRequestHeaders(req.rawHeaders, route.inject.header, formatInjection(route.inject.format, token));
   if (fromApp === undefined) headers.push('x-request-id', requestId);
   return headers;
+}
+
+function hasBody(req: IncomingMessage): boolean {
+  const length = req.headers['content-length'];
+  return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
 }
 
 /**
  * The request body as it will be sent: kept in memory when it is small and sized (so a 401 can be replayed with
  * the same bytes), streamed otherwise (and then not replayable).
  */
-function hasBody(req: IncomingMessage): boolean {
-  const length = req.headers['content-length'];
-  return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
-}
-
 async function requestBody(req: IncomingMessage, route: Route): Promise<{ body: Buffer | IncomingMessage; replayable: boolean }> {
   const lengthHeader = req.headers['content-length'];
   const length = lengthHeader === undefined ? undefined : Number(lengthHeader);
