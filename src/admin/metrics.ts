@@ -1,9 +1,12 @@
 /**
  * Prometheus metrics (prom-client), named as in the contract. Labels are route names, status codes and small fixed
- * sets only: never a path, a token, a secret or anything else with unbounded values. Hot-path children are cached so
- * a request costs a map lookup, not a label hash.
+ * sets only: never a path, a token, a secret or anything else with unbounded values.
+ *
+ * What moves on every request (requests, their duration, memory-cache hits) is counted in plain numbers and handed to
+ * prom-client when /metrics is scraped: prom-client builds a label hash and a label object on every `inc` and
+ * `observe`, which a profile showed as a visible share of a forwarded request's allocations.
  */
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type HistogramConfiguration, type MetricObjectWithValues, type MetricValueWithName } from 'prom-client';
 import type { RequestObserver } from '../proxy/server.js';
 import type { RedisStoreObserver } from '../store/redis.js';
 import type { TokenObserver } from '../tokens/manager.js';
@@ -21,26 +24,49 @@ export interface ExpirySource {
 
 export class Metrics {
   readonly registry = new Registry();
-  readonly #requests = new Counter({ name: `${P}requests_total`, help: 'Requests handled, by route and HTTP status', labelNames: ['route', 'code'] as const, registers: [this.registry] });
-  readonly #duration = new Histogram({
+  /** route → status → requests. */
+  readonly #requestCounts = new Map<string, Map<number, number>>();
+  /** `route\0layer\0result` → lookups. */
+  readonly #lookupCounts = new Map<string, number>();
+  readonly #duration = new RouteDurations({
     name: `${P}request_duration_seconds`,
     help: 'Time from request to the end of the answer, by route',
-    labelNames: ['route'] as const,
+    labelNames: ['route'],
     buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
     registers: [this.registry],
   });
   readonly #fetches = new Counter({ name: `${P}token_fetches_total`, help: 'Calls to the token endpoint, by route and result (success, rejected, unavailable)', labelNames: ['route', 'result'] as const, registers: [this.registry] });
-  readonly #lookups = new Counter({ name: `${P}token_cache_lookups_total`, help: 'Token cache lookups by layer (memory, store) and result (hit, miss)', labelNames: ['route', 'layer', 'result'] as const, registers: [this.registry] });
   readonly #refresh = new Histogram({ name: `${P}token_refresh_duration_seconds`, help: 'Duration of token endpoint calls', labelNames: ['route'] as const, buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30], registers: [this.registry] });
   readonly #lockWait = new Histogram({ name: `${P}lock_wait_seconds`, help: "Time a pod waited for another pod's refresh", labelNames: ['route'] as const, buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15], registers: [this.registry] });
   readonly #unauthorized = new Counter({ name: `${P}upstream_unauthorized_total`, help: 'Vendor 401 answers, by whether the request was replayed', labelNames: ['route', 'replayed'] as const, registers: [this.registry] });
   readonly #storeErrors = new Counter({ name: `${P}store_errors_total`, help: 'Failed or skipped store calls, and unreadable values, by operation', labelNames: ['op'] as const, registers: [this.registry] });
-  readonly #requestChildren = new Map<string, Map<number, Counter.Internal>>();
-  readonly #durationChildren = new Map<string, Histogram.Internal<'route'>>();
-  readonly #lookupChildren = new Map<string, Counter.Internal>();
-  readonly #memoryHitChildren = new Map<string, Counter.Internal>();
 
   constructor(source: ExpirySource, opts: { defaultMetrics?: boolean } = {}) {
+    const requestCounts = this.#requestCounts;
+    new Counter({
+      name: `${P}requests_total`,
+      help: 'Requests handled, by route and HTTP status',
+      labelNames: ['route', 'code'] as const,
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const [route, byStatus] of requestCounts) for (const [code, n] of byStatus) this.inc({ route, code: String(code) }, n);
+      },
+    });
+    const lookupCounts = this.#lookupCounts;
+    new Counter({
+      name: `${P}token_cache_lookups_total`,
+      help: 'Token cache lookups by layer (memory, store) and result (hit, miss)',
+      labelNames: ['route', 'layer', 'result'] as const,
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        for (const [key, n] of lookupCounts) {
+          const [route = '', layer = '', result = ''] = key.split('\0');
+          this.inc({ route, layer, result }, n);
+        }
+      },
+    });
     new Gauge({
       name: `${P}token_expiry_seconds`,
       help: 'Seconds until the current token of each route expires',
@@ -66,14 +92,10 @@ export class Metrics {
   readonly requests: RequestObserver = {
     completed: (route, status, durationS) => {
       const name = route ?? NO_ROUTE;
-      let byStatus = this.#requestChildren.get(name);
-      if (!byStatus) this.#requestChildren.set(name, (byStatus = new Map()));
-      let counter = byStatus.get(status);
-      if (!counter) byStatus.set(status, (counter = this.#requests.labels(name, String(status))));
-      counter.inc();
-      let histogram = this.#durationChildren.get(name);
-      if (!histogram) this.#durationChildren.set(name, (histogram = this.#duration.labels(name)));
-      histogram.observe(durationS);
+      let byStatus = this.#requestCounts.get(name);
+      if (!byStatus) this.#requestCounts.set(name, (byStatus = new Map()));
+      byStatus.set(status, (byStatus.get(status) ?? 0) + 1);
+      this.#duration.record(name, durationS);
     },
     unauthorized: (route, replayed) => this.#unauthorized.labels(route, String(replayed)).inc(),
   };
@@ -88,13 +110,9 @@ export class Metrics {
       this.#refresh.labels(route).observe(durationMs / 1000);
     },
     lookup: (route, layer, hit) => {
-      // Memory hits happen on every request: one map lookup; the rarer kinds may build a key.
-      const hot = layer === 'memory' && hit;
-      const key = hot ? route : `${route}\0${layer}\0${hit}`;
-      const children = hot ? this.#memoryHitChildren : this.#lookupChildren;
-      let counter = children.get(key);
-      if (!counter) children.set(key, (counter = this.#lookups.labels(route, layer, hit ? 'hit' : 'miss')));
-      counter.inc();
+      // Memory hits happen on every request: their key is cached per route, the rarer kinds build theirs.
+      const key = layer === 'memory' && hit ? this.#memoryHitKey(route) : `${route}\0${layer}\0${hit ? 'hit' : 'miss'}`;
+      this.#lookupCounts.set(key, (this.#lookupCounts.get(key) ?? 0) + 1);
     },
     lockWait: (route, durationMs) => this.#lockWait.labels(route).observe(durationMs / 1000),
   };
@@ -104,7 +122,75 @@ export class Metrics {
     decodeFailed: () => this.#storeErrors.labels('decode').inc(),
   };
 
+  readonly #memoryHitKeys = new Map<string, string>();
+  #memoryHitKey(route: string): string {
+    let key = this.#memoryHitKeys.get(route);
+    if (key === undefined) this.#memoryHitKeys.set(route, (key = `${route}\0memory\0hit`));
+    return key;
+  }
+
   async render(): Promise<{ contentType: string; body: string }> {
     return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  }
+}
+
+/**
+ * A histogram by route whose observations are plain array increments; prom-client only formats it (its own
+ * `observe` builds a label object and hash per call).
+ */
+class RouteDurations extends Histogram<string> {
+  readonly #name: string;
+  readonly #help: string;
+  readonly #bounds: readonly number[];
+  readonly #byRoute = new Map<string, { counts: number[]; sum: number; count: number }>();
+
+  constructor(config: HistogramConfiguration<string> & { buckets: number[] }) {
+    super(config);
+    this.#name = config.name;
+    this.#help = config.help;
+    this.#bounds = config.buckets;
+  }
+
+  record(route: string, valueS: number): void {
+    let h = this.#byRoute.get(route);
+    if (!h) this.#byRoute.set(route, (h = { counts: this.#bounds.map(() => 0), sum: 0, count: 0 }));
+    const bounds = this.#bounds;
+    for (let i = 0; i < bounds.length; i++) {
+      if (valueS <= (bounds[i] as number)) {
+        h.counts[i] = (h.counts[i] as number) + 1;
+        break;
+      }
+    }
+    h.sum += valueS;
+    h.count++;
+  }
+
+  override get(): Promise<MetricObjectWithValues<MetricValueWithName<string>>> {
+    const values: MetricValueWithName<string>[] = [];
+    const name = this.#name;
+    for (const [route, h] of this.#byRoute) {
+      let cumulative = 0;
+      this.#bounds.forEach((le, i) => {
+        cumulative += h.counts[i] ?? 0;
+        values.push({ metricName: `${name}_bucket`, labels: { le, route }, value: cumulative });
+      });
+      values.push({ metricName: `${name}_bucket`, labels: { le: '+Inf', route }, value: h.count });
+      values.push({ metricName: `${name}_sum`, labels: { route }, value: h.sum });
+      values.push({ metricName: `${name}_count`, labels: { route }, value: h.count });
+    }
+    // prom-client's typings declare `type` as a numeric enum; its code (and the text format) uses the string.
+    const metric = { name, help: this.#help, type: 'histogram', aggregator: 'sum', collect: () => undefined, values };
+    return Promise.resolve(metric as unknown as MetricObjectWithValues<MetricValueWithName<string>>);
+  }
+
+  /** What the registry calls when it renders the text format. */
+  getForPromString(): Promise<MetricObjectWithValues<MetricValueWithName<string>>> {
+    return this.get();
+  }
+
+  override reset(): void {
+    // prom-client's constructor calls reset() before this class's fields exist.
+    if (#byRoute in this) this.#byRoute.clear();
+    super.reset();
   }
 }

@@ -10,13 +10,17 @@ const RESPONSE_DROP = new Set([
   'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'http2-settings',
 ]);
 
-/** Header names listed in Connection (RFC 9110 §7.6.1: they are hop-by-hop too). */
-function connectionOptions(value: string | undefined, into: Set<string>): void {
-  if (!value) return;
+/**
+ * Header names listed in Connection (RFC 9110 §7.6.1: they are hop-by-hop too), added to `into` (made when first
+ * needed). `close` and `keep-alive`, by far the common values, name nothing that is not dropped already.
+ */
+function connectionOptions(value: string | undefined, into: Set<string> | undefined): Set<string> | undefined {
+  if (!value) return into;
   for (const name of value.split(',')) {
     const n = name.trim().toLowerCase();
-    if (n) into.add(n);
+    if (n && n !== 'close' && n !== 'keep-alive') (into ??= new Set()).add(n);
   }
+  return into;
 }
 
 /**
@@ -26,7 +30,7 @@ function connectionOptions(value: string | undefined, into: Set<string>): void {
 export function upstreamRequestHeaders(rawHeaders: readonly string[], injectName: string, injectValue: string): string[] {
   let named: Set<string> | undefined;
   for (let i = 0; i < rawHeaders.length; i += 2) {
-    if ((rawHeaders[i] ?? '').toLowerCase() === 'connection') connectionOptions(rawHeaders[i + 1], (named ??= new Set()));
+    if ((rawHeaders[i] ?? '').toLowerCase() === 'connection') named = connectionOptions(rawHeaders[i + 1], named);
   }
   const out: string[] = [];
   for (let i = 0; i < rawHeaders.length; i += 2) {
@@ -39,18 +43,25 @@ export function upstreamRequestHeaders(rawHeaders: readonly string[], injectName
   return out;
 }
 
-/** The vendor's response headers as the app should see them. */
-export function downstreamResponseHeaders(headers: Record<string, string | string[] | undefined>): Record<string, string | string[]> {
-  const named = new Set<string>();
-  const connection = headers['connection'];
-  connectionOptions(Array.isArray(connection) ? connection.join(',') : connection, named);
-  const out: Record<string, string | string[]> = {};
-  for (const name in headers) {
-    const value = headers[name];
-    if (value === undefined || RESPONSE_DROP.has(name) || named.has(name)) continue;
-    out[name] = value;
+/**
+ * The vendor's raw response headers (undici's `[name, value, …]` Buffers) as the app should see them, flat for
+ * `writeHead`: hop-by-hop and Connection-named headers dropped, `extra` appended.
+ */
+export function downstreamResponseHeaders(rawHeaders: readonly Buffer[], extra?: readonly string[]): string[] {
+  const out: string[] = [];
+  let named: Set<string> | undefined;
+  for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
+    const name = (rawHeaders[i] as Buffer).toString('latin1');
+    const value = (rawHeaders[i + 1] as Buffer).toString('latin1');
+    const lower = name.toLowerCase();
+    if (lower === 'connection') named = connectionOptions(value, named);
+    if (RESPONSE_DROP.has(lower)) continue;
+    out.push(name, value);
   }
-  return out;
+  // Rare: Connection names more headers (`close` and `keep-alive` are already gone).
+  const filtered = named === undefined ? out : out.filter((_, i, all) => !named.has((all[i - (i % 2)] ?? '').toLowerCase()));
+  if (extra) for (const h of extra) filtered.push(h);
+  return filtered;
 }
 
 /** `Bearer {token}` → `Bearer abc`. */

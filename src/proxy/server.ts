@@ -3,7 +3,6 @@
  * the vendor's, or a problem+json from errors-to-http. The route table and routes are read once per request from
  * an immutable snapshot, so a hot reload never changes a request half-way.
  */
-import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from '../log.js';
 import type { Route } from '../config/types.js';
@@ -11,8 +10,9 @@ import { SidecarError, toSidecarError } from '../errors.js';
 import type { TokenManager, TokenSource } from '../tokens/manager.js';
 import type { Token } from '../tokens/token.js';
 import { sendError } from './errors-to-http.js';
-import type { Forwarder, UpstreamCall } from './forward.js';
+import type { Forwarder, HeldResponse, UpstreamExchange, UpstreamListener } from './forward.js';
 import { countHostHeaders, formatInjection, upstreamRequestHeaders } from './headers.js';
+import { requestIdGenerator } from './request-id.js';
 import { matchRequest, type RouteTable } from './match.js';
 import { pinoAccessLog, type AccessLog } from './access-log.js';
 
@@ -36,20 +36,39 @@ export interface ProxyHandlerOptions {
 
 type Source = TokenSource | 'static';
 
+/** What every request's exchange needs from the handler. */
+interface Deps {
+  readonly manager: TokenManager;
+  readonly forwarder: Forwarder;
+  readonly log: Logger;
+  readonly accessLog: AccessLog;
+  readonly observer: RequestObserver;
+  readonly nextRequestId: () => string;
+  injection(route: Route, token: Token): string;
+}
+
 export class ProxyHandler {
   #snapshot: ProxySnapshot;
-  readonly #manager: TokenManager;
-  readonly #forwarder: Forwarder;
-  readonly #log: Logger;
-  readonly #accessLog: AccessLog;
-  readonly #observer: RequestObserver;
+  readonly #deps: Deps;
+  /** The injected header value per route, for its current token: formatted once per token, not per request. */
+  readonly #injections = new WeakMap<Route, { token: Token; value: string }>();
 
   constructor(opts: ProxyHandlerOptions, snapshot: ProxySnapshot) {
-    this.#manager = opts.manager;
-    this.#forwarder = opts.forwarder;
-    this.#log = opts.log;
-    this.#accessLog = opts.accessLog ?? pinoAccessLog(opts.log);
-    this.#observer = opts.observer ?? {};
+    this.#deps = {
+      manager: opts.manager,
+      forwarder: opts.forwarder,
+      log: opts.log,
+      accessLog: opts.accessLog ?? pinoAccessLog(opts.log),
+      observer: opts.observer ?? {},
+      nextRequestId: requestIdGenerator(),
+      injection: (route, token) => {
+        const cached = this.#injections.get(route);
+        if (cached?.token === token) return cached.value;
+        const value = formatInjection(route.inject.format, token.value.reveal());
+        this.#injections.set(route, { token, value });
+        return value;
+      },
+    };
     this.#snapshot = snapshot;
   }
 
@@ -58,119 +77,192 @@ export class ProxyHandler {
   }
 
   readonly handle = (req: IncomingMessage, res: ServerResponse): void => {
-    void this.#handle(req, res);
+    new Exchange(this.#deps, this.#snapshot, req, res).start();
+  };
+}
+
+/**
+ * One app request, from match to log line. Callbacks, not an async function: on the hot path (token in memory, no
+ * body) nothing is awaited, and the exchange object is the upstream listener, so a request costs few allocations.
+ */
+class Exchange implements UpstreamListener {
+  readonly #startedMs = performance.now();
+  #route: Route | undefined;
+  #path = '/';
+  #source: Source | undefined;
+  /** The token on the attempt in flight (undefined for static routes). */
+  #token: Token | undefined;
+  #authorization = '';
+  #body: Buffer | IncomingMessage | null = null;
+  #replayable = false;
+  #replayed = false;
+  #code: string | undefined;
+  #clientGone = false;
+  #done = false;
+  #upstream: UpstreamExchange | undefined;
+  readonly #appRequestId: string | undefined;
+  readonly #requestId: string;
+
+  constructor(
+    private readonly deps: Deps,
+    private readonly snapshot: ProxySnapshot,
+    private readonly req: IncomingMessage,
+    private readonly res: ServerResponse,
+  ) {
+    // Propagate the app's request id, or give the request one, so the vendor, the app and our log line agree.
+    const fromApp = req.headers['x-request-id'];
+    this.#appRequestId = typeof fromApp === 'string' ? fromApp : undefined;
+    this.#requestId = this.#appRequestId ?? (fromApp === undefined ? deps.nextRequestId() : String(fromApp));
+  }
+
+  start(): void {
+    // The app went away before the answer was complete: cancel the upstream request too.
+    this.res.on('close', this.#onClose);
+    try {
+      if (countHostHeaders(this.req.rawHeaders) > 1) throw new SidecarError('BAD_REQUEST', 'more than one Host header (RFC 9112 §3.2)');
+      const match = matchRequest(this.snapshot.table, this.req.method ?? 'GET', this.req.url ?? '/', this.req.headers.host);
+      const route = (this.#route = match.route);
+      this.#path = match.path;
+      if (route.auth.type === 'static') {
+        this.#source = 'static';
+        this.#authorization = route.auth.value.reveal();
+        this.#readBody();
+        return;
+      }
+      const token = this.deps.manager.current(route.name);
+      if (token) {
+        this.#source = 'memory';
+        this.#useToken(route, token);
+        this.#readBody();
+        return;
+      }
+      this.deps.manager.get(route.name).then((result) => {
+        this.#source = result.source;
+        this.#useToken(route, result.token);
+        this.#readBody();
+      }, this.#fail);
+    } catch (err) {
+      this.#fail(err);
+    }
+  }
+
+  #useToken(route: Route, token: Token): void {
+    this.#token = token;
+    this.#authorization = this.deps.injection(route, token);
+  }
+
+  /**
+   * A small, sized body is read into memory so a 401 can be replayed with the same bytes; any other body streams
+   * (and is then not replayable).
+   */
+  #readBody(): void {
+    const route = this.#route as Route;
+    const headers = this.req.headers;
+    const lengthHeader = headers['content-length'];
+    if (headers['transfer-encoding'] === undefined && (lengthHeader === undefined || lengthHeader === '0')) {
+      this.#replayable = route.retryOn401;
+      this.#send();
+      return;
+    }
+    const length = lengthHeader === undefined ? undefined : Number(lengthHeader);
+    if (!route.retryOn401 || length === undefined || length > route.replayBodyLimitBytes) {
+      this.#body = this.req;
+      this.#send();
+      return;
+    }
+    const chunks: Buffer[] = [];
+    this.req.on('data', (chunk: Buffer) => chunks.push(chunk));
+    this.req.once('end', () => {
+      this.#body = Buffer.concat(chunks);
+      this.#replayable = true;
+      this.#send();
+    });
+    // Only the app's side can fail here: it went away mid-body.
+    this.req.once('error', (err) => {
+      this.#clientGone = true;
+      this.#fail(err);
+    });
+  }
+
+  #send(): void {
+    if (this.#clientGone) {
+      this.#finish();
+      return;
+    }
+    const route = this.#route as Route;
+    const headers = upstreamRequestHeaders(this.req.rawHeaders, route.inject.header, this.#authorization);
+    if (this.#appRequestId === undefined) headers.push('x-request-id', this.#requestId);
+    const hold = this.#replayable && this.#token !== undefined && !this.#replayed;
+    const extra = this.#appRequestId === undefined ? ['x-request-id', this.#requestId] : undefined;
+    this.#upstream = this.deps.forwarder.send(route, { method: this.req.method ?? 'GET', path: this.#path, headers, body: this.#body }, this.res, hold, extra, this);
+  }
+
+  upstreamDone(err: SidecarError | undefined, held: HeldResponse | undefined): void {
+    this.#upstream = undefined;
+    if (err) return this.#fail(err);
+    const route = this.#route as Route;
+    const token = this.#token;
+    if (held && token) return this.#replay(route, token, held);
+    if (token && route.retryOn401 && this.res.statusCode === 401) {
+      // A 401 that was not replayed (streamed body, too large to hold, or the replay itself): still tell the
+      // manager, so the next request gets a fresh token. Its rate limit keeps a vendor that refuses everything
+      // from hammering the IdP.
+      this.deps.observer.unauthorized?.(route.name, false);
+      this.deps.manager.afterUnauthorized(route.name, token.fingerprint).catch(() => undefined);
+    }
+    this.#finish();
+  }
+
+  /** The vendor refused the token: get a different one and replay once; the replay's answer, 401 or not, goes to the app. */
+  #replay(route: Route, token: Token, held: HeldResponse): void {
+    this.deps.manager.afterUnauthorized(route.name, token.fingerprint).then((fresh) => {
+      this.deps.observer.unauthorized?.(route.name, fresh !== undefined);
+      if (fresh && !this.#clientGone) {
+        this.#replayed = true;
+        this.#useToken(route, fresh);
+        this.#send();
+      } else {
+        held.release();
+        this.#finish();
+      }
+    }, this.#fail);
+  }
+
+  readonly #fail = (err: unknown): void => {
+    const e = toSidecarError(err, this.#route?.name);
+    this.#code = e.code;
+    if (this.#clientGone) {
+      this.#code = 'CLIENT_CLOSED';
+    } else {
+      if (this.#appRequestId === undefined && !this.res.headersSent) this.res.setHeader('x-request-id', this.#requestId);
+      sendError(this.res, e);
+      if (e.code === 'INTERNAL') this.deps.log.error({ err: e.cause instanceof Error ? e.cause.message : String(e.cause), route: this.#route?.name }, 'internal error');
+    }
+    this.#finish();
   };
 
-  async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const startedMs = performance.now();
-    const snapshot = this.#snapshot;
-    // The app went away before the answer was complete: cancel the upstream request too. undici accepts any
-    // EventEmitter that emits 'abort' as a signal; the response itself serves, which spares an AbortController and
-    // its EventTarget per request (a measurable share of the hot path).
-    let clientGone = false;
-    res.once('close', () => {
-      if (res.writableFinished) return;
-      clientGone = true;
-      res.emit('abort');
-    });
-    let route: Route | undefined;
-    let source: Source | undefined;
-    let code: string | undefined;
-    let replayed = false;
-    // Propagate the app's request id, or give the request one, so the vendor, the app and our log line agree.
-    const appRequestId = req.headers['x-request-id'];
-    const requestId = typeof appRequestId === 'string' ? appRequestId : randomUUID();
-    if (appRequestId === undefined) res.setHeader('x-request-id', requestId);
-    try {
-      if (countHostHeaders(req.rawHeaders) > 1) throw new SidecarError('BAD_REQUEST', 'more than one Host header (RFC 9112 §3.2)');
-      const match = matchRequest(snapshot.table, req.method ?? 'GET', req.url ?? '/', req.headers.host);
-      route = match.route;
-      let token: Token | undefined;
-      let tokenValue: string;
-      if (route.auth.type === 'static') {
-        source = 'static';
-        tokenValue = route.auth.value.reveal();
-      } else {
-        token = this.#manager.current(route.name);
-        if (token) source = 'memory';
-        else ({ token, source } = await this.#manager.get(route.name));
-        tokenValue = token.value.reveal();
-      }
-      const { body, replayable } = hasBody(req) ? await requestBody(req, route) : { body: null, replayable: route.retryOn401 };
-      const call: UpstreamCall = {
-        method: req.method ?? 'GET',
-        path: match.path,
-        headers: upstreamHeaders(req, route, tokenValue, appRequestId, requestId),
-        body,
-        signal: res,
-      };
-      const held = await this.#forwarder.send(route, call, res, replayable && token !== undefined);
-      let sentToken = token;
-      if (held && token) {
-        const fresh = await this.#manager.afterUnauthorized(route.name, token.fingerprint);
-        this.#observer.unauthorized?.(route.name, fresh !== undefined);
-        if (fresh && !clientGone) {
-          replayed = true;
-          sentToken = fresh;
-          call.headers = upstreamHeaders(req, route, fresh.value.reveal(), appRequestId, requestId);
-          // Never loop: the replay's answer, 401 or not, goes to the app.
-          await this.#forwarder.send(route, call, res, false);
-        } else {
-          held.release();
-        }
-      }
-      if (sentToken && route.retryOn401 && res.statusCode === 401 && (replayed || !held)) {
-        // A 401 that was not replayed (streamed body, or the replay itself): still tell the manager, so the next
-        // request gets a fresh token. Its rate limit keeps a vendor that refuses everything from hammering the IdP.
-        this.#observer.unauthorized?.(route.name, false);
-        void this.#manager.afterUnauthorized(route.name, sentToken.fingerprint);
-      }
-    } catch (err) {
-      const e = toSidecarError(err, route?.name);
-      code = e.code;
-      if (clientGone) {
-        code = 'CLIENT_CLOSED';
-      } else {
-        sendError(res, e);
-        if (e.code === 'INTERNAL') this.#log.error({ err: e.cause instanceof Error ? e.cause.message : String(e.cause), route: route?.name }, 'internal error');
-      }
-    }
-    const durationMs = performance.now() - startedMs;
-    this.#observer.completed?.(route?.name, res.statusCode, durationMs / 1000);
-    this.#accessLog.write({
-      route: route?.name,
-      method: req.method,
-      status: res.statusCode,
+  readonly #onClose = (): void => {
+    if (this.res.writableFinished) return;
+    this.#clientGone = true;
+    this.#upstream?.cancel();
+  };
+
+  #finish(): void {
+    if (this.#done) return;
+    this.#done = true;
+    const durationMs = performance.now() - this.#startedMs;
+    const route = this.#route?.name;
+    this.deps.observer.completed?.(route, this.res.statusCode, durationMs / 1000);
+    this.deps.accessLog.write({
+      route,
+      method: this.req.method,
+      status: this.res.statusCode,
       durationMs: Math.round(durationMs * 100) / 100,
-      tokenSource: source,
-      replayed,
-      code,
-      requestId,
+      tokenSource: this.#source,
+      replayed: this.#replayed,
+      code: this.#code,
+      requestId: this.#requestId,
     });
   }
 }
 
-/** The app's headers as the vendor gets them: the token injected, and a request id added if the app sent none. */
-function upstreamHeaders(req: IncomingMessage, route: Route, token: string, fromApp: string | string[] | undefined, requestId: string): string[] {
-  const headers = upstreamRequestHeaders(req.rawHeaders, route.inject.header, formatInjection(route.inject.format, token));
-  if (fromApp === undefined) headers.push('x-request-id', requestId);
-  return headers;
-}
-
-function hasBody(req: IncomingMessage): boolean {
-  const length = req.headers['content-length'];
-  return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
-}
-
-/**
- * The request body as it will be sent: kept in memory when it is small and sized (so a 401 can be replayed with
- * the same bytes), streamed otherwise (and then not replayable).
- */
-async function requestBody(req: IncomingMessage, route: Route): Promise<{ body: Buffer | IncomingMessage; replayable: boolean }> {
-  const lengthHeader = req.headers['content-length'];
-  const length = lengthHeader === undefined ? undefined : Number(lengthHeader);
-  if (!route.retryOn401 || length === undefined || length > route.replayBodyLimitBytes) return { body: req, replayable: false };
-  const chunks: Buffer[] = [];
-  for await (const chunk of req) chunks.push(chunk as Buffer);
-  return { body: Buffer.concat(chunks), replayable: true };
-}

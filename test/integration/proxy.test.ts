@@ -245,6 +245,32 @@ describe('bodies', () => {
 });
 
 describe('token caching', () => {
+  it('a slow reader gets a 4 MiB answer intact (writes to the app wait for drain)', async () => {
+    const { port } = await stack();
+    const size = 4 * 1024 * 1024;
+    const got = await new Promise<Buffer>((resolve, reject) => {
+      http
+        .get({ host: '127.0.0.1', port, path: `/pix/__bytes/${size}`, agent: false }, (res) => {
+          const chunks: Buffer[] = [];
+          res.pause();
+          // Read a little at a time, so the sidecar's writes to the app fill its socket and must wait for drain.
+          const tick = setInterval(() => {
+            let c: Buffer | null;
+            for (let i = 0; i < 4 && (c = res.read() as Buffer | null) !== null; i++) chunks.push(c);
+          }, 2);
+          res.on('end', () => {
+            clearInterval(tick);
+            resolve(Buffer.concat(chunks));
+          });
+          res.on('error', reject);
+          res.on('readable', () => undefined);
+        })
+        .on('error', reject);
+    });
+    expect(got.length).toBe(size);
+    expect(got.equals(vendorBytes(size))).toBe(true);
+  });
+
   it('200 sequential requests → 1 token fetch', async () => {
     const { idp, vendor, base } = await stack();
     for (let i = 0; i < 200; i++) expect((await send(`${base}/pix/cob/${i}`)).status).toBe(200);
@@ -353,6 +379,33 @@ describe('401 from the vendor', () => {
     expect(vendor.count).toBe(4);
     // The token refused twice came from a 401 refresh moments ago: kept, not refreshed again.
     expect(idp.calls).toBe(2);
+  });
+
+  it('a 401 too large to hold (> 64 KiB) streams to the app intact, is not replayed, and still retires the token', async () => {
+    const idp = await idpWith();
+    const big = vendorBytes(200 * 1024);
+    let count = 0;
+    const vendor = http.createServer((req, res) => {
+      count++;
+      req.resume();
+      req.on('end', () => {
+        if (count === 1) {
+          res.writeHead(401, { 'www-authenticate': 'Bearer error="invalid_token"', 'content-type': 'application/octet-stream', 'content-length': big.length });
+          res.end(big);
+        } else res.end('ok');
+      });
+    });
+    await new Promise<void>((r) => vendor.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise((r) => vendor.close(r)));
+    const { base } = await sidecarWith([oauthRoute(idp, `http://127.0.0.1:${(vendor.address() as AddressInfo).port}`)]);
+    const res = await send(`${base}/pix/cob`, { method: 'POST', body: '{"a":1}' });
+    expect(res.status).toBe(401);
+    expect(res.headers['www-authenticate']).toBe('Bearer error="invalid_token"');
+    expect(res.body.equals(big)).toBe(true);
+    expect(count).toBe(1);
+    await waitUntil(() => idp.calls === 2, 2_000, 10, 'the background refresh');
+    expect((await send(`${base}/pix/next`)).status).toBe(200);
+    expect(count).toBe(2);
   });
 
   it('a 401 on a streamed body still retires the token, so the next request carries a fresh one', async () => {

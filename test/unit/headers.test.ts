@@ -51,35 +51,44 @@ describe('request headers (app → vendor)', () => {
 });
 
 describe('response headers (vendor → app)', () => {
-  it('drops hop-by-hop and Connection-named headers and keeps the rest, arrays included', () => {
-    const out = downstreamResponseHeaders({
-      connection: 'keep-alive, x-hop',
-      'x-hop': 'should-be-stripped',
-      'keep-alive': 'timeout=5',
-      'proxy-connection': 'keep-alive',
-      'transfer-encoding': 'chunked',
-      te: 'trailers',
-      trailer: 'x-checksum',
-      upgrade: 'h2c',
-      'http2-settings': 'x',
-      'set-cookie': ['a=1', 'b=2'],
-      'content-type': 'application/json',
-      'www-authenticate': 'Bearer error="invalid_token"',
-      'content-length': '12',
-      location: 'https://elsewhere.example/',
-      'x-missing': undefined,
-    });
-    expect(out).toEqual({
-      'set-cookie': ['a=1', 'b=2'],
-      'content-type': 'application/json',
-      'www-authenticate': 'Bearer error="invalid_token"',
-      'content-length': '12',
-      location: 'https://elsewhere.example/',
-    });
+  const raw = (...pairs: string[]): Buffer[] => pairs.map((p) => Buffer.from(p, 'latin1'));
+
+  it('drops hop-by-hop and Connection-named headers and keeps the rest, repeated ones included, in order', () => {
+    const out = downstreamResponseHeaders(
+      raw(
+        'Connection', 'keep-alive, X-Hop',
+        'X-Hop', 'should-be-stripped',
+        'Keep-Alive', 'timeout=5',
+        'Proxy-Connection', 'keep-alive',
+        'Transfer-Encoding', 'chunked',
+        'TE', 'trailers',
+        'Trailer', 'x-checksum',
+        'Upgrade', 'h2c',
+        'HTTP2-Settings', 'x',
+        'Set-Cookie', 'a=1',
+        'Content-Type', 'application/json',
+        'Set-Cookie', 'b=2',
+        'WWW-Authenticate', 'Bearer error="invalid_token"',
+        'Content-Length', '12',
+        'Location', 'https://elsewhere.example/',
+      ),
+    );
+    expect(out).toEqual([
+      'Set-Cookie', 'a=1',
+      'Content-Type', 'application/json',
+      'Set-Cookie', 'b=2',
+      'WWW-Authenticate', 'Bearer error="invalid_token"',
+      'Content-Length', '12',
+      'Location', 'https://elsewhere.example/',
+    ]);
   });
 
-  it('reads Connection when it arrives as several values', () => {
-    expect(downstreamResponseHeaders({ connection: ['close', 'X-A'], 'x-a': '1', 'x-b': '2' })).toEqual({ 'x-b': '2' });
+  it('reads Connection when it arrives as several fields, and appends the extra headers', () => {
+    expect(downstreamResponseHeaders(raw('connection', 'close', 'Connection', 'X-A', 'x-a', '1', 'x-b', '2'), ['x-request-id', 'r1'])).toEqual(['x-b', '2', 'x-request-id', 'r1']);
+  });
+
+  it('keeps latin1 values byte for byte', () => {
+    expect(downstreamResponseHeaders(raw('x-name', 'Jos\u00e9'))).toEqual(['x-name', 'Jos\u00e9']);
   });
 });
 
