@@ -108,11 +108,15 @@ export function splitSegments(path: string): string[] {
       } catch {
         throw new SidecarError('BAD_REQUEST', 'malformed percent-encoding in path');
       }
+      if (decoded.includes('/')) throw new SidecarError('BAD_REQUEST', 'encoded slash, backslash or NUL in the path');
     }
     // `..;x` is how Tomcat-style servers still read a dot-segment; `\` is a separator on some servers.
-    const bare = decoded.split(';')[0] ?? '';
-    if (bare === '.' || bare === '..') throw new SidecarError('BAD_REQUEST', 'dot-segments are not allowed in the path');
-    if (/[/\\\0]/.test(decoded)) throw new SidecarError('BAD_REQUEST', 'encoded slash, backslash or NUL in the path');
+    if (decoded.charCodeAt(0) === 0x2e /* . */) {
+      const semi = decoded.indexOf(';');
+      const bare = semi < 0 ? decoded : decoded.slice(0, semi);
+      if (bare === '.' || bare === '..') throw new SidecarError('BAD_REQUEST', 'dot-segments are not allowed in the path');
+    }
+    if (decoded.includes('\\') || decoded.includes('\0')) throw new SidecarError('BAD_REQUEST', 'encoded slash, backslash or NUL in the path');
     out.push(raw);
   }
   return out;
