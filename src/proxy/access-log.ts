@@ -11,6 +11,8 @@ export interface AccessLogEntry {
   status: number;
   durationMs: number;
   tokenSource: string | undefined;
+  /** How long the request waited for a token (only when it was not in memory). */
+  tokenWaitMs?: number | undefined;
   replayed: boolean;
   code: string | undefined;
   requestId: string;
@@ -34,6 +36,7 @@ export function pinoAccessLog(logger: Logger): AccessLog {
           status: e.status,
           durationMs: e.durationMs,
           tokenSource: e.tokenSource,
+          ...(e.tokenWaitMs === undefined ? {} : { tokenWaitMs: e.tokenWaitMs }),
           ...(e.replayed ? { replayed: true } : {}),
           ...(e.code ? { code: e.code } : {}),
           requestId: e.requestId,
@@ -77,6 +80,7 @@ export class BufferedAccessLog implements AccessLog {
       (e.method === undefined ? '' : `,"method":${JSON.stringify(e.method)}`) +
       `,"status":${e.status},"durationMs":${e.durationMs}` +
       (e.tokenSource === undefined ? '' : `,"tokenSource":"${e.tokenSource}"`) +
+      (e.tokenWaitMs === undefined ? '' : `,"tokenWaitMs":${e.tokenWaitMs}`) +
       (e.replayed ? ',"replayed":true' : '') +
       (e.code === undefined ? '' : `,"code":"${e.code}"`) +
       `,"requestId":${JSON.stringify(e.requestId)},"msg":"request"}\n`;

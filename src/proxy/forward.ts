@@ -159,7 +159,11 @@ export class Forwarder {
   /** Hot-path cache: route objects are immutable per loaded config. */
   readonly #byRoute = new WeakMap<Route, Pool>();
 
-  /** The pool for a route; keyed by everything that shapes its connections, so a reloaded route gets a fresh one. */
+  /**
+   * The pool for a route; keyed by everything that shapes its connections (not the route's name: routes to one
+   * vendor with the same settings share their keep-alive connections), so a reloaded route with new settings gets a
+   * fresh one.
+   */
   poolFor(route: Route): Pool {
     const cached = this.#byRoute.get(route);
     if (cached && !cached.closed) return cached;
@@ -213,7 +217,7 @@ export class Forwarder {
 
 function poolKey(route: Route): string {
   const tls = route.upstreamTls;
-  return JSON.stringify([route.name, route.upstreamOrigin, route.timeouts, tls?.ca, tls?.cert, tls?.key?.reveal(), tls?.servername]);
+  return JSON.stringify([route.upstreamOrigin, route.timeouts, tls?.ca, tls?.cert, tls?.key?.reveal(), tls?.servername]);
 }
 
 const TIMEOUTS = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'ETIMEDOUT']);

@@ -90,6 +90,8 @@ class Exchange implements UpstreamListener {
   #route: Route | undefined;
   #path = '/';
   #source: Source | undefined;
+  /** Set when the request had to wait for a token (not in memory): from arrival to token in hand. */
+  #tokenWaitMs: number | undefined;
   /** The token on the attempt in flight (undefined for static routes). */
   #token: Token | undefined;
   #authorization = '';
@@ -137,6 +139,7 @@ class Exchange implements UpstreamListener {
         return;
       }
       this.deps.manager.get(route.name).then((result) => {
+        this.#tokenWaitMs = performance.now() - this.#startedMs;
         this.#source = result.source;
         this.#useToken(route, result.token);
         this.#readBody();
@@ -259,6 +262,7 @@ class Exchange implements UpstreamListener {
       status: this.res.statusCode,
       durationMs: Math.round(durationMs * 100) / 100,
       tokenSource: this.#source,
+      tokenWaitMs: this.#tokenWaitMs === undefined ? undefined : Math.round(this.#tokenWaitMs * 100) / 100,
       replayed: this.#replayed,
       code: this.#code,
       requestId: this.#requestId,

@@ -700,6 +700,11 @@ describe('logs', () => {
     const requests = events.filter((e) => e['event'] === 'request');
     expect(requests).toHaveLength(3);
     expect(requests[0]).toMatchObject({ route: 'pix', method: 'GET', status: 200, tokenSource: 'fetched' });
+    // The cold request says how long it waited for its token; one served from memory waited for nothing.
+    expect(requests[0]?.['tokenWaitMs']).toBeGreaterThan(0);
+    expect(requests[0]?.['tokenWaitMs']).toBeLessThanOrEqual(Number(requests[0]?.['durationMs']));
+    expect(requests[2]).toMatchObject({ tokenSource: 'memory' });
+    expect(requests[2]).not.toHaveProperty('tokenWaitMs');
     expect(events.find((e) => e['event'] === 'token.fetched')).toMatchObject({ route: 'pix', fingerprint: fingerprintOf(idp.issued[0] ?? '') });
     expect(events.find((e) => e['event'] === 'token.invalidated')).toMatchObject({ fingerprint: fingerprintOf(idp.issued[0] ?? '') });
     expect(events.some((e) => e['event'] === 'token.fetch_failed' && e['oauthError'] === 'invalid_client')).toBe(true);

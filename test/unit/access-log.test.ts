@@ -19,7 +19,7 @@ describe('BufferedAccessLog', () => {
     const log = new BufferedAccessLog((c) => chunks.push(c));
     log.write(entry());
     log.write(entry({ route: undefined, method: 'PATCH', status: 404, tokenSource: undefined, code: 'ROUTE_NOT_FOUND', requestId: 'a"b\\c\n{"x":1}' }));
-    log.write(entry({ replayed: true, tokenSource: 'fetched' }));
+    log.write(entry({ replayed: true, tokenSource: 'fetched', tokenWaitMs: 205.12 }));
     expect(chunks).toEqual([]); // batched until flushed
     log.flush();
     expect(chunks).toHaveLength(1);
@@ -29,7 +29,8 @@ describe('BufferedAccessLog', () => {
     expect(lines[0]).not.toHaveProperty('replayed');
     expect(lines[1]).toMatchObject({ method: 'PATCH', status: 404, code: 'ROUTE_NOT_FOUND', requestId: 'a"b\\c\n{"x":1}' });
     expect(lines[1]).not.toHaveProperty('route');
-    expect(lines[2]).toMatchObject({ replayed: true, tokenSource: 'fetched' });
+    expect(lines[2]).toMatchObject({ replayed: true, tokenSource: 'fetched', tokenWaitMs: 205.12 });
+    expect(lines[0]).not.toHaveProperty('tokenWaitMs');
   });
 
   it('hands over a batch once 16 KiB have accumulated, and nothing when empty', () => {

@@ -11,7 +11,7 @@ function sample(text: string, name: string, labels: string): number | undefined 
 describe('Metrics counted on the hot path, rendered at scrape time', () => {
   it('renders cumulative duration buckets, sum and count per route, and request counts by status', async () => {
     const m = new Metrics(source, { defaultMetrics: false });
-    for (const [route, status, s] of [['pix', 200, 0.0004], ['pix', 200, 0.003], ['pix', 502, 40], [undefined, 404, 0.0001]] as const) m.requests.completed(route, status, s);
+    for (const [route, status, s] of [['pix', 200, 0.0004], ['pix', 200, 0.003], ['pix', 502, 40], [undefined, 404, 0.0001]] as const) m.requests.completed?.(route, status, s);
     const text = (await m.render()).body;
     const d = 'token_sidecar_request_duration_seconds';
     expect(text).toContain(`# TYPE ${d} histogram`);
