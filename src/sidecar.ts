@@ -4,7 +4,6 @@
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { Writable } from 'node:stream';
 import { Pool } from 'undici';
 import type { Config } from './config/types.js';
 import { createAuditLogger, type Logger } from './log.js';
@@ -159,15 +158,15 @@ export class Sidecar {
 }
 
 /**
- * Run the undici request and stream paths once against our own admin listener, so the first real (cold) request
- * does not also pay for compiling them: on a fresh process that is ~20 ms of every waiter's latency.
+ * Run an undici request once against our own admin listener, so the first real (cold) request does not also pay
+ * for compiling undici's HTTP/1.1 client (its llhttp WebAssembly parser, connect and write paths): on a fresh
+ * process that is ~20 ms of every waiter's latency.
  */
 async function primeHttpPaths(adminUrl: string): Promise<void> {
   const pool = new Pool(adminUrl);
   try {
     const res = await pool.request({ path: '/healthz', method: 'GET' });
     await res.body.text();
-    await pool.stream({ path: '/healthz', method: 'GET' }, () => new Writable({ write: (_c, _e, done) => done() }));
   } catch {
     // Only an optimisation.
   } finally {
