@@ -139,7 +139,7 @@ echo "size: $size_bytes bytes ($(( size_bytes / 1024 / 1024 )) MiB)"
 echo "user: $(podman image inspect --format '{{.Config.User}}' "$IMAGE")"
 echo "entrypoint: $(podman image inspect --format '{{json .Config.Entrypoint}}' "$IMAGE") cmd: $(podman image inspect --format '{{json .Config.Cmd}}' "$IMAGE")"
 echo "stop signal: $(podman image inspect --format '{{.Config.StopSignal}}' "$IMAGE")"
-echo "NODE_OPTIONS: $(podman image inspect --format '{{range .Config.Env}}{{println .}}{{end}}' "$IMAGE" | sed -n 's/^NODE_OPTIONS=//p')"
+echo "entrypoint: $(podman image inspect --format '{{json .Config.Entrypoint}}' "$IMAGE")"
 echo "production node_modules: $(podman run --rm --read-only --user 10001 --network host --entrypoint du "$IMAGE" -sh /app/node_modules | cut -f1)"
 
 run=(podman run --rm --read-only --user 10001 --network host)

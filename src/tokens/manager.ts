@@ -353,6 +353,7 @@ export class TokenManager {
       for (;;) {
         const lock = await this.#store.tryLock(entry.key);
         if (lock) {
+          let handedOff = false;
           try {
             // Read again under the lock: the previous holder may have written between our read and our lock.
             const again = await this.#store.read(entry.key);
@@ -368,13 +369,20 @@ export class TokenManager {
               }
               throw err;
             });
-            await this.#store.put(entry.key, token).then(
-              () => (entry.sharedFingerprint = token.fingerprint),
-              (err: unknown) => this.#storeTrouble('put', err),
-            );
-            return this.#install(entry, token, 'fetched', this.#now() - fetchStartedMs);
+            const result = this.#install(entry, token, 'fetched', this.#now() - fetchStartedMs);
+            // Share the token, then let go of the lock, in that order (a pod that takes the lock next must find the
+            // token), but without keeping this pod's waiting requests behind those two round trips.
+            handedOff = true;
+            void this.#store
+              .put(entry.key, token)
+              .then(
+                () => (entry.sharedFingerprint = token.fingerprint),
+                (err: unknown) => this.#storeTrouble('put', err),
+              )
+              .finally(() => lock.release().catch((err: unknown) => this.#storeTrouble('unlock', err)));
+            return result;
           } finally {
-            await lock.release().catch((err: unknown) => this.#storeTrouble('unlock', err));
+            if (!handedOff) await lock.release().catch((err: unknown) => this.#storeTrouble('unlock', err));
           }
         }
         // Another pod holds the lock: wait for its result (woken by its event, or polled).
