@@ -56,8 +56,9 @@ export class MemoryStore implements TokenStore {
     };
   }
 
-  async waitForEvent(_key: string, timeoutMs: number): Promise<void> {
+  async waitForEvent(_key: string, timeoutMs: number): Promise<Token | undefined> {
     await new Promise((resolve) => setTimeout(resolve, timeoutMs).unref());
+    return undefined;
   }
 
   async invalidate(key: string, fingerprint: string): Promise<boolean> {

@@ -6,7 +6,8 @@
 import type { Token } from '../tokens/token.js';
 
 export type StoreEvent =
-  | { kind: 'refreshed'; key: string; fingerprint: string }
+  /** `token`: the token itself, when the event carried it (the Redis store does; then no read is needed). */
+  | { kind: 'refreshed'; key: string; fingerprint: string; token?: Token | undefined }
   | { kind: 'invalidated'; key: string; fingerprint: string }
   /** The store came back after an outage (it may have lost its data). */
   | { kind: 'reconnected' };
@@ -47,8 +48,11 @@ export interface TokenStore {
   put(key: string, token: Token): Promise<void>;
   /** Take the refresh lock for `key`, or undefined if another holder has it. The lease is renewed until release. */
   tryLock(key: string): Promise<LockHandle | undefined>;
-  /** Resolves when an event for `key` arrives or after `timeoutMs`, whichever is first. */
-  waitForEvent(key: string, timeoutMs: number): Promise<void>;
+  /**
+   * Resolves when an event for `key` arrives or after `timeoutMs`, whichever is first: with the token when the event
+   * carried one (a `refreshed` event), else undefined.
+   */
+  waitForEvent(key: string, timeoutMs: number): Promise<Token | undefined>;
   /** Delete the shared token only if it is still the one with `fingerprint`; publishes `invalidated`. */
   invalidate(key: string, fingerprint: string): Promise<boolean>;
   /** Events published by other pods (and this one). */

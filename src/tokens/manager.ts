@@ -388,7 +388,11 @@ export class TokenManager {
         // Another pod holds the lock: wait for its result (woken by its event, or polled).
         const remainingMs = deadlineMs - this.#now();
         if (remainingMs <= 0) break;
-        await this.#store.waitForEvent(entry.key, Math.min(remainingMs, this.#pollIntervalMs));
+        const carried = await this.#store.waitForEvent(entry.key, Math.min(remainingMs, this.#pollIntervalMs));
+        if (carried && this.#acceptable(entry, carried, want, this.#now())) {
+          this.#observer.lockWait?.(entry.routeName, this.#now() - startedMs);
+          return this.#install(entry, carried, 'store');
+        }
         const landed = await this.#store.read(entry.key);
         const landedToken = landed.token;
         if (this.#acceptable(entry, landedToken, want, this.#now())) {
@@ -553,16 +557,17 @@ export class TokenManager {
     const entry = this.#entries.get(event.key);
     if (!entry) return;
     if (event.kind === 'invalidated') this.#revokeLocally(entry, event.fingerprint, 'fleet');
-    else if (entry.token?.fingerprint !== event.fingerprint && !entry.inflight) void this.#adopt(entry);
+    else if (entry.token?.fingerprint !== event.fingerprint && !entry.inflight) void this.#adopt(entry, false, event.token);
   }
 
   /**
-   * Take the store's token if it is newer than ours (another pod refreshed). When reconciling without events, a
-   * token of ours that the store had and no longer has was invalidated elsewhere: drop it too.
+   * Take the store's token (or the one an event `carried`) if it is newer than ours (another pod refreshed). When
+   * reconciling without events, a token of ours that the store had and no longer has was invalidated elsewhere:
+   * drop it too.
    */
-  async #adopt(entry: Entry, reconciling = false): Promise<void> {
+  async #adopt(entry: Entry, reconciling = false, carried?: Token): Promise<void> {
     try {
-      const shared = await this.#store.get(entry.key);
+      const shared = carried ?? (await this.#store.get(entry.key));
       const now = this.#now();
       const mine = entry.token;
       if (reconciling && !shared && mine && mine.fingerprint === entry.sharedFingerprint && !entry.inflight) {

@@ -135,6 +135,44 @@ describe('keys and values', () => {
   });
 });
 
+describe('events', () => {
+  // A waiter reads with MGET (token and failure marker); GET also counts the put script's own GET, so it is not used.
+  const reads = async (): Promise<number> => {
+    const stats = String(await redis.command('INFO', 'commandstats'));
+    return Number(/^cmdstat_mget:calls=(\d+)/m.exec(stats)?.[1] ?? 0);
+  };
+
+  it('a refreshed event carries the (sealed) value: a waiting pod has the token without reading the store', async () => {
+    const cfg = config(redis, { encryptionKeys: [{ id: 'k1', key: key32() }] });
+    const [a, b] = [await open(cfg), await open(cfg)];
+    const t = token(`secret-token-${randomBytes(8).toString('hex')}`);
+    const before = await reads();
+    const waiting = b.waitForEvent(KEY, 5_000);
+    await a.put(KEY, t);
+    const carried = await waiting;
+    expect(await reads()).toBe(before);
+    expect(carried?.fingerprint).toBe(t.fingerprint);
+    expect(carried?.value.reveal()).toBe(t.value.reveal());
+    expect(carried?.expiresAtMs).toBe(t.expiresAtMs);
+    expect(carried?.issuedAtMs).toBe(t.issuedAtMs);
+  });
+
+  it('an event whose value does not open here (another encryption key) carries no token: the waiter reads instead', async () => {
+    const cfg = config(redis, { encryptionKeys: [{ id: 'k1', key: key32() }] });
+    const a = await open(cfg);
+    const other = await open({ ...cfg, encryptionKeys: [{ id: 'k1', key: key32() }] });
+    const events: StoreEvent[] = [];
+    other.onEvent((e) => events.push(e));
+    const waiting = other.waitForEvent(KEY, 5_000);
+    const t = token('another-key');
+    const startedMs = Date.now();
+    await a.put(KEY, t);
+    expect(await waiting).toBeUndefined();
+    expect(Date.now() - startedMs).toBeLessThan(4_000); // woken by the event, not by the timeout
+    expect(events).toContainEqual({ kind: 'refreshed', key: KEY, fingerprint: t.fingerprint, token: undefined });
+  });
+});
+
 describe('encryption', () => {
   it('sealed values never contain the token; rotation: the first key seals, all keys open', async () => {
     const [k1, k2] = [key32(), key32()];
