@@ -114,7 +114,7 @@ class Exchange implements UpstreamListener {
     // Propagate the app's request id, or give the request one, so the vendor, the app and our log line agree.
     const fromApp = req.headers['x-request-id'];
     this.#appRequestId = typeof fromApp === 'string' ? fromApp : undefined;
-    this.#requestId = this.#appRequestId ?? (fromApp === undefined ? deps.nextRequestId() : String(fromApp));
+    this.#requestId = this.#appRequestId ?? deps.nextRequestId();
   }
 
   start(): void {
@@ -189,6 +189,8 @@ class Exchange implements UpstreamListener {
 
   #send(): void {
     if (this.#clientGone) {
+      // The app went away while the request waited (for a token, a replay or its body): send nothing.
+      this.#code = 'CLIENT_CLOSED';
       this.#finish();
       return;
     }

@@ -611,6 +611,19 @@ describe('upstream failures', () => {
     expect(vendor.count).toBe(1);
   });
 
+  it('an app that gives up while its request waits for a token: nothing is sent to the vendor, the log says CLIENT_CLOSED', async () => {
+    const { idp, vendor, port, lines } = await stack();
+    idp.setDelay(400);
+    const controller = new AbortController();
+    setTimeout(() => controller.abort(), 100);
+    await expect(rawHttp(port, { path: '/pix/cob/1', signal: controller.signal })).rejects.toThrow();
+    await waitUntil(() => idp.calls === 1, 2_000, 10, 'the token fetch');
+    await sleep(500); // the token has arrived: the abandoned request would have gone out by now
+    expect(vendor.count).toBe(0);
+    const line = lines.map((l) => JSON.parse(l) as Json).find((e) => e['event'] === 'request');
+    expect(line).toMatchObject({ route: 'pix', code: 'CLIENT_CLOSED', tokenSource: 'fetched' });
+  });
+
   it('a client abort cancels the upstream request', async () => {
     // A vendor that reports when its request's connection closes (the echo vendor does not expose that).
     let slowReceived = 0;
