@@ -17,6 +17,7 @@ WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
+COPY scripts/bundle.mjs ./scripts/
 COPY src ./src
 RUN npm run build
 
@@ -55,5 +56,5 @@ EXPOSE 15080 15081
 # children, so there are no zombies to reap. Under plain Docker use `docker run --init` if you want one anyway.
 STOPSIGNAL SIGTERM
 # The image writes nothing to its root file system, so it runs with --read-only / readOnlyRootFilesystem: true.
-ENTRYPOINT ["node", "--max-semi-space-size=2", "/app/dist/cli/main.js"]
+ENTRYPOINT ["node", "--max-semi-space-size=2", "/app/dist/token-sidecar.mjs"]
 CMD ["start", "--config", "/etc/token-sidecar/routes.yaml"]

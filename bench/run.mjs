@@ -58,7 +58,7 @@ installCleanupHandlers();
 pinSelf('0'); // the orchestrator, wrk, the upstream, the IdP and Redis share CPU 0; the proxy under test has CPU 1
 if (osCpus().length < 2) log('warning: fewer than 2 CPUs: pinning cannot separate the proxy from the load generator');
 
-// Node flags the product ships with (the Dockerfile's ENTRYPOINT: node FLAGS… /app/dist/cli/main.js); every Node
+// Node flags the product ships with (the Dockerfile's ENTRYPOINT: node FLAGS… /app/dist/token-sidecar.mjs); every Node
 // proxy in the bench gets the same, through NODE_OPTIONS.
 const SHIPPED_NODE_OPTIONS = (() => {
   try {
@@ -209,13 +209,19 @@ ${storeBlock}routes:
 ${staticRoute ? `  - name: warmup\n    match: { pathPrefix: /warmup }\n    upstream: ${upstream}\n    auth: { type: static, value: static-warmup-key }\n` : ''}`;
 }
 
-/** Start token-sidecar as its own process (`node dist/cli/main.js start`), stdout (pino JSON) to a file. */
+/** The shipped bundle of a build (dist/token-sidecar.mjs), or, for an older build without one, its dist/cli/main.js. */
+function entryOf(dist) {
+  const bundle = join(dist, 'token-sidecar.mjs');
+  return existsSync(bundle) ? bundle : join(dist, 'cli', 'main.js');
+}
+
+/** Start token-sidecar as its own process (`node dist/token-sidecar.mjs start`, the shipped bundle), stdout (pino JSON) to a file. */
 async function startSidecar({ name, dir, cpus, dist = DIST, nodeArgs = [], env = {}, ...cfg }) {
   const configFile = join(dir, `${name}.yaml`);
   writeFileSync(configFile, sidecarConfig(cfg));
   const logFile = join(dir, `${name}.log`);
   writeFileSync(logFile, '');
-  const p = startProcess(name, 'node', [...nodeArgs, join(dist, 'cli', 'main.js'), 'start', '--config', configFile], {
+  const p = startProcess(name, 'node', [...nodeArgs, entryOf(dist), 'start', '--config', configFile], {
     cpus,
     cwd: dir,
     stdoutFile: logFile,
@@ -379,7 +385,7 @@ async function main() {
     process.stdout.write(`${md}\n`);
     return;
   }
-  if (!existsSync(join(DIST, 'cli', 'main.js'))) throw new Error(`${DIST}/cli/main.js missing: run \`npm run build\` (npm run bench does)`);
+  if (!existsSync(entryOf(DIST))) throw new Error(`${entryOf(DIST)} missing: run \`npm run build\` (npm run bench does)`);
   ensureDebianPackages();
   const notes = [];
   if (!have('wrk')) {
@@ -694,7 +700,7 @@ async function startupPhase({ dir, upstream, idp, redis }) {
       const store = k.id === 'redis' ? { type: 'redis', url: redis.url, keyPrefix: `startup${i}:` } : undefined;
       writeFileSync(cfgFile, sidecarConfig({ upstream: upstream.origin, tokenUrl: idp.tokenUrl, store, listen: `127.0.0.1:${lp}`, admin: `127.0.0.1:${ap}`, warm: !!k.warm }));
       const t0 = performance.now();
-      const p = startProcess(name, 'node', [join(DIST, 'cli', 'main.js'), 'start', '--config', cfgFile], { cpus: '1', cwd: dir, stdoutFile: join(dir, `${name}.log`), env: { LOG_FORMAT: 'json', NODE_OPTIONS: SHIPPED_NODE_OPTIONS } });
+      const p = startProcess(name, 'node', [entryOf(DIST), 'start', '--config', cfgFile], { cpus: '1', cwd: dir, stdoutFile: join(dir, `${name}.log`), env: { LOG_FORMAT: 'json', NODE_OPTIONS: SHIPPED_NODE_OPTIONS } });
       let ms;
       try {
         await waitFor(async () => (await httpGet(`http://127.0.0.1:${ap}/readyz`)).status === 200, 10_000, 'readyz');
@@ -786,7 +792,7 @@ function report(R) {
   L.push('');
   L.push(`${when} · ${osCpus().length} × ${osCpus()[0]?.model ?? 'CPU'} · Node ${R.versions.node} · undici ${R.versions.undici ?? '?'} · ${R.versions.wrk ?? 'no wrk'} · ${R.versions.nginx ?? 'no nginx'} · http-proxy ${R.versions['http-proxy'] ?? '–'} · http-proxy-3 ${R.versions['http-proxy-3'] ?? '–'}`);
   L.push('');
-  L.push(`Method: the proxy under test alone on CPU 1; wrk (1 thread), the upstream (a node:http server with canned answers), the token endpoint and Redis on CPU 0. ${R.reps} interleaved repetition(s) of ${R.seconds} s per point after a warm-up, medians reported (1-connection rows only for direct and the product: the goal there is added latency over direct; the peers' 1-connection tails are in the tail section). CPU = Δ(utime+stime) of the proxy's process tree from /proc per 10 000 requests; RSS idle right after start, peak sampled every 250 ms under load. Every Node proxy runs with the Node flags the product ships (Dockerfile ENTRYPOINT): \`${R.nodeOptions}\`. token-sidecar runs as shipped: \`node dist/cli/main.js start\`, JSON request logs (one line per request) to a file. A repetition is disturbed when other work (CPU of processes that are not the bench's, plus steal) exceeds ${DISTURBED_SHARE * 100} % of one core over it; it is redone up to ${MAX_REDO} times (at most ${REDO_BUDGET_S} s of redos per run), after waiting up to 10 s for the machine to calm down. **Redone: ${R.stats.redone}; still disturbed after redoing: ${R.stats.stillDisturbed}.** Total time ${Math.round(R.elapsedS)} s.`);
+  L.push(`Method: the proxy under test alone on CPU 1; wrk (1 thread), the upstream (a node:http server with canned answers), the token endpoint and Redis on CPU 0. ${R.reps} interleaved repetition(s) of ${R.seconds} s per point after a warm-up, medians reported (1-connection rows only for direct and the product: the goal there is added latency over direct; the peers' 1-connection tails are in the tail section). CPU = Δ(utime+stime) of the proxy's process tree from /proc per 10 000 requests; RSS idle right after start, peak sampled every 250 ms under load. Every Node proxy runs with the Node flags the product ships (Dockerfile ENTRYPOINT): \`${R.nodeOptions}\`. token-sidecar runs as shipped: \`node dist/token-sidecar.mjs start\` (the bundle), JSON request logs (one line per request) to a file. A repetition is disturbed when other work (CPU of processes that are not the bench's, plus steal) exceeds ${DISTURBED_SHARE * 100} % of one core over it; it is redone up to ${MAX_REDO} times (at most ${REDO_BUDGET_S} s of redos per run), after waiting up to 10 s for the machine to calm down. **Redone: ${R.stats.redone}; still disturbed after redoing: ${R.stats.stillDisturbed}.** Total time ${Math.round(R.elapsedS)} s.`);
   if (R.restarts?.length) L.push(`\n> Processes that died under the run (killed from outside or crashed) and were restarted, their repetitions redone: ${R.restarts.join(', ')}.`);
   for (const n of R.notes) L.push(`\n> ${n}`);
   L.push('');

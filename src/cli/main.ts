@@ -77,10 +77,18 @@ function print(text: string, code: number, toStderr = false): number {
   return code;
 }
 
+/** The package's version, from the package.json above this file (dist/cli/ when compiled, dist/ when bundled). */
 async function version(): Promise<string> {
   const { readFile } = await import('node:fs/promises');
-  const pkg = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
-  return pkg.version;
+  for (const up of ['../package.json', '../../package.json']) {
+    try {
+      const pkg = JSON.parse(await readFile(new URL(up, import.meta.url), 'utf8')) as { name?: string; version: string };
+      if (pkg.name === 'token-sidecar') return pkg.version;
+    } catch {
+      // not there: look one level up
+    }
+  }
+  return 'unknown';
 }
 
 function reportProblems(file: string, result: Extract<LoadResult, { ok: false }>): number {

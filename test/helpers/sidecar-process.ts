@@ -1,13 +1,13 @@
 /**
- * Runs the built CLI (`node dist/cli/main.js start`) as a real child process, as a pod would: for fleet tests that
- * need separate processes (separate memory, killable with SIGKILL).
+ * Runs the shipped CLI (`node dist/token-sidecar.mjs start`, the bundle) as a real child process, as a pod would:
+ * for fleet tests that need separate processes (separate memory, killable with SIGKILL).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
-const CLI = resolve(import.meta.dirname, '../../dist/cli/main.js');
+const CLI = resolve(import.meta.dirname, '../../dist/token-sidecar.mjs');
 
 export interface SidecarProcess {
   readonly pid: number;

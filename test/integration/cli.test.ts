@@ -1,5 +1,6 @@
 /**
- * The built CLI (`dist/cli/main.js`, built by `pretest`) as a child process, the way users and Kubernetes run it.
+ * The shipped CLI (`dist/token-sidecar.mjs`, the bundle `pretest` builds) as a child process, the way users and
+ * Kubernetes run it.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -12,7 +13,7 @@ import { startFakeIdp, type FakeIdp } from '../../src/dev/fake-idp.js';
 import { fingerprintOf } from '../../src/tokens/token.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const CLI = join(ROOT, 'dist', 'cli', 'main.js');
+const CLI = join(ROOT, 'dist', 'token-sidecar.mjs');
 const SECRET = 'Cli-Test-Secret-4242';
 
 const children = new Set<ChildProcess>();

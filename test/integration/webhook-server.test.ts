@@ -335,7 +335,7 @@ describe('webhookCommand (token-sidecar webhook)', () => {
 
   // The real binary, once src/cli/main.ts routes `webhook` here and dist/ is built (npm test builds it).
   const mainSource = join(repoRoot, 'src/cli/main.ts');
-  const mainBuilt = join(repoRoot, 'dist/cli/main.js');
+  const mainBuilt = join(repoRoot, 'dist/token-sidecar.mjs');
   const wired =
     existsSync(mainSource) && readFileSync(mainSource, 'utf8').includes('webhookCommand') && existsSync(mainBuilt);
   it.skipIf(!wired)('`token-sidecar webhook` as a process: serves, then exits 0 on SIGTERM', async () => {
