@@ -594,6 +594,25 @@ describe('routing', () => {
   });
 });
 
+describe('connections', () => {
+  it('routes to one upstream with the same settings share its keep-alive connections; other settings get their own', async () => {
+    const seen: number[] = [];
+    const upstream = http.createServer((req, res) => {
+      seen.push(req.socket.remotePort ?? 0);
+      res.end('ok');
+    });
+    await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
+    cleanups.push(() => new Promise<void>((resolve) => (upstream.closeAllConnections(), upstream.close(() => resolve()))));
+    const origin = `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`;
+    const route = (name: string, over: Json = {}): Json => ({ name, match: { pathPrefix: `/${name}` }, upstream: origin, auth: { type: 'static', value: `key-${name}` }, ...over });
+    const { base } = await sidecarWith([route('a'), route('b'), route('c', { timeouts: { response: '5s' } })]);
+    for (const path of ['/a/1', '/b/1', '/a/2', '/b/2', '/c/1']) expect((await send(`${base}${path}`)).status).toBe(200);
+    // Sequential requests: a and b reuse one connection; c (other timeouts) opens its own.
+    expect(new Set(seen.slice(0, 4)).size).toBe(1);
+    expect(seen[4]).not.toBe(seen[0]);
+  });
+});
+
 describe('upstream failures', () => {
   it('upstream down → 502 UPSTREAM_UNREACHABLE', async () => {
     const idp = await idpWith();
