@@ -41,6 +41,11 @@ export class MemoryStore implements TokenStore {
     this.#emit({ kind: 'refreshed', key, fingerprint: token.fingerprint });
   }
 
+  async readOrLock(key: string): Promise<StoreRead & { lock: LockHandle | undefined }> {
+    const read = await this.read(key);
+    return { ...read, lock: read.token || read.failure ? undefined : await this.tryLock(key) };
+  }
+
   async tryLock(key: string): Promise<LockHandle | undefined> {
     if (this.#locks.has(key)) return undefined;
     this.#locks.add(key);

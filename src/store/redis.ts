@@ -14,7 +14,7 @@ import type { RedisStoreConfig } from '../config/types.js';
 import type { Token } from '../tokens/token.js';
 import { Keyring } from './crypto.js';
 import { decodeToken, encodeToken } from './codec.js';
-import { DELETE_IF_EQUALS, FAILURE_PUT, LOCK_RENEW, TOKEN_INVALIDATE, TOKEN_PUT_NEWER, runScript } from './scripts.js';
+import { DELETE_IF_EQUALS, FAILURE_PUT, LOCK_RENEW, READ_OR_LOCK, TOKEN_INVALIDATE, TOKEN_PUT_NEWER, runScript } from './scripts.js';
 import {
   StoreUnavailableError,
   type LockHandle,
@@ -158,9 +158,26 @@ export class RedisStore implements TokenStore {
   async tryLock(key: string): Promise<LockHandle | undefined> {
     const lockKey = this.lockKey(key);
     const owner = randomBytes(16).toString('hex');
+    const ok = await this.#call('lock', () => this.#cmd.set(lockKey, owner, 'PX', this.#lockLeaseMs, 'NX'));
+    return ok === 'OK' ? this.#heldLock(lockKey, owner) : undefined;
+  }
+
+  async readOrLock(key: string): Promise<StoreRead & { lock: LockHandle | undefined }> {
+    const redisKey = this.tokenKey(key);
+    const lockKey = this.lockKey(key);
+    const owner = randomBytes(16).toString('hex');
+    const reply = await this.#call('get', () => runScript(this.#cmd, READ_OR_LOCK, [redisKey, this.failureKey(key), lockKey], [owner, this.#lockLeaseMs]));
+    const [text, failure, locked] = Array.isArray(reply) ? (reply as unknown[]) : [];
+    return {
+      token: await this.#decode(redisKey, typeof text === 'string' ? text : null),
+      failure: parseFailure(typeof failure === 'string' ? failure : null),
+      lock: locked === 1 ? this.#heldLock(lockKey, owner) : undefined,
+    };
+  }
+
+  /** The handle of a lock we just took: renewed until released, released only while it is still ours. */
+  #heldLock(lockKey: string, owner: string): LockHandle {
     const leaseMs = this.#lockLeaseMs;
-    const ok = await this.#call('lock', () => this.#cmd.set(lockKey, owner, 'PX', leaseMs, 'NX'));
-    if (ok !== 'OK') return undefined;
     let held = true;
     // Renew well before the lease ends, so a slow token endpoint never costs us the lock mid-fetch.
     const renew = setInterval(() => {
@@ -187,6 +204,7 @@ export class RedisStore implements TokenStore {
       },
     };
   }
+
 
   waitForEvent(key: string, timeoutMs: number): Promise<Token | undefined> {
     return new Promise((resolve) => {

@@ -38,6 +38,21 @@ return 1
 `);
 
 /**
+ * read_or_lock: the shared token and failure marker, and, when there is neither (a cold start), the refresh lock
+ * taken in the same step. Atomic, so the holder needs no second read under the lock: one round trip where a read, a
+ * lock and a re-read took three before a cold fetch could start.
+ * KEYS[1] token key · KEYS[2] failure key · KEYS[3] lock key · ARGV[1] owner · ARGV[2] lease ms
+ * Returns { token value or nil, failure value or nil, 1 when the lock was taken else 0 }.
+ */
+export const READ_OR_LOCK = script('read_or_lock', 3, `
+local token = redis.call('GET', KEYS[1])
+local failure = redis.call('GET', KEYS[2])
+local locked = 0
+if not token and not failure and redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2], 'NX') then locked = 1 end
+return { token, failure, locked }
+`);
+
+/**
  * failure_put: remember a failed refresh for the backoff period and wake the waiting pods.
  * KEYS[1] failure key · ARGV[1] value · ARGV[2] TTL ms · ARGV[3] channel · ARGV[4] message
  */

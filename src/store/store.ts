@@ -49,6 +49,11 @@ export interface TokenStore {
   /** Take the refresh lock for `key`, or undefined if another holder has it. The lease is renewed until release. */
   tryLock(key: string): Promise<LockHandle | undefined>;
   /**
+   * `read`, and when the store holds neither a token nor a failure marker, `tryLock` in the same atomic step (one
+   * round trip on Redis). `lock` is set only if it was taken; with it, nothing can have been written in between.
+   */
+  readOrLock(key: string): Promise<StoreRead & { lock: LockHandle | undefined }>;
+  /**
    * Resolves when an event for `key` arrives or after `timeoutMs`, whichever is first: with the token when the event
    * carried one (a `refreshed` event), else undefined.
    */

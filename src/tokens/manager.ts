@@ -344,22 +344,31 @@ export class TokenManager {
           this.#storeTrouble('invalidate', err);
         });
       }
-      const { token: shared, failure } = await this.#store.read(entry.key);
+      // On a cold start (nothing shared, no failure) this read also takes the lock: one round trip, not three.
+      const first = await this.#store.readOrLock(entry.key);
+      const shared = first.token;
       const hit = this.#acceptable(entry, shared, want, this.#now());
       this.#observer.lookup?.(entry.routeName, 'store', hit);
       if (hit) return this.#install(entry, shared, 'store');
-      this.#throwIfSharedFailure(entry, failure, want);
+      // (A lock only comes with an empty read: no token to take, no failure to back off from.)
+      this.#throwIfSharedFailure(entry, first.failure, want);
+      let lockedWithRead = first.lock;
       const deadlineMs = startedMs + this.#lockWaitTimeoutMs;
       for (;;) {
-        const lock = await this.#store.tryLock(entry.key);
+        const lock = lockedWithRead ?? (await this.#store.tryLock(entry.key));
+        const atomic = lockedWithRead !== undefined;
+        lockedWithRead = undefined;
         if (lock) {
           let handedOff = false;
           try {
-            // Read again under the lock: the previous holder may have written between our read and our lock.
-            const again = await this.#store.read(entry.key);
-            const againToken = again.token;
-            if (this.#acceptable(entry, againToken, want, this.#now())) return this.#install(entry, againToken, 'store');
-            this.#throwIfSharedFailure(entry, again.failure, want);
+            // Read again under the lock: the previous holder may have written between our read and our lock (not
+            // needed when the lock came with the read itself).
+            if (!atomic) {
+              const again = await this.#store.read(entry.key);
+              const againToken = again.token;
+              if (this.#acceptable(entry, againToken, want, this.#now())) return this.#install(entry, againToken, 'store');
+              this.#throwIfSharedFailure(entry, again.failure, want);
+            }
             const fetchStartedMs = this.#now();
             const token = await this.#fetch(entry).catch(async (err: unknown) => {
               // Tell the fleet, so the other pods back off too instead of each trying in turn.

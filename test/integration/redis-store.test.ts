@@ -256,6 +256,36 @@ describe('the lock', () => {
     await next?.release();
   });
 
+  it('readOrLock takes the lock with an empty read only, atomically, and its lock is renewed and released like tryLock', async () => {
+    const cfg = config(redis, { lockLeaseMs: 300 });
+    const [a, b] = [await open(cfg), await open(cfg)];
+    const first = await a.readOrLock(KEY);
+    expect(first.token).toBeUndefined();
+    expect(first.failure).toBeUndefined();
+    expect(first.lock?.held).toBe(true);
+    // Held: another pod reads nothing and gets no lock, by either call.
+    const second = await b.readOrLock(KEY);
+    expect(second.lock).toBeUndefined();
+    expect(await b.tryLock(KEY)).toBeUndefined();
+    await new Promise((r) => setTimeout(r, 1_000)); // > 3 leases: only renewal keeps it
+    expect(await b.tryLock(KEY)).toBeUndefined();
+    await first.lock?.release();
+    // A shared token: returned, and no lock is taken.
+    const t = token('shared');
+    await a.put(KEY, t);
+    const withToken = await b.readOrLock(KEY);
+    expect(withToken.token?.fingerprint).toBe(t.fingerprint);
+    expect(withToken.lock).toBeUndefined();
+    expect(await redis.command('EXISTS', `${cfg.keyPrefix}{${KEY}}:lock`)).toBe(0);
+    // A shared failure and no token: returned, and no lock is taken either.
+    await redis.command('DEL', `${cfg.keyPrefix}{${KEY}}:token`);
+    await a.putFailure(KEY, { kind: 'unavailable', message: 'down', untilMs: Date.now() + 5_000 });
+    const withFailure = await b.readOrLock(KEY);
+    expect(withFailure.failure?.kind).toBe('unavailable');
+    expect(withFailure.lock).toBeUndefined();
+    expect(await redis.command('EXISTS', `${cfg.keyPrefix}{${KEY}}:lock`)).toBe(0);
+  });
+
   it('a holder whose lease was taken over notices and does not delete the new lock', async () => {
     const cfg = config(redis, { lockLeaseMs: 300 });
     const a = await open(cfg);
