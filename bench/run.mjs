@@ -837,20 +837,21 @@ function report(R) {
   const goals = [];
   const verdict = (ok) => (ok === undefined ? 'not measured' : ok ? '**met**' : '**not met**');
   const pname = (t) => (t === 'sidecar-mem' ? 'memory' : 'Redis');
+  // A goal on a ratio to a peer, per product and payload at 32 connections: `within(ratio)` says whether it holds.
+  const ratioGoal = (label, bound, key, peer, within) => {
+    let ok = true;
+    const parts = products.map((t) => {
+      const xs = PAYLOADS.map((p) => {
+        const r = get(t, p.id, 32)[key] / get(peer, p.id, 32)[key];
+        if (!within(r)) ok = false;
+        return `${p.id} ${r.toFixed(2)}×`;
+      });
+      return `${pname(t)}: ${xs.join(', ')}`;
+    });
+    goals.push([label, bound, parts.join('; '), verdict(ok)]);
+  };
   if (R.matrix.length && products.length) {
-    {
-      let ok = true;
-      const parts = [];
-      for (const t of products) {
-        const xs = PAYLOADS.map((p) => {
-          const r = get(t, p.id, 32).rps / get('undici', p.id, 32).rps;
-          if (!(r >= 0.9)) ok = false;
-          return `${p.id} ${r.toFixed(2)}×`;
-        });
-        parts.push(`${pname(t)}: ${xs.join(', ')}`);
-      }
-      goals.push(['throughput on a warm token, every payload, 32 connections', '≥ 0.9 × the undici forwarder', parts.join('; '), verdict(ok)]);
-    }
+    ratioGoal('throughput on a warm token, every payload, 32 connections', '≥ 0.9 × the undici forwarder', 'rps', 'undici', (r) => r >= 0.9);
     {
       let ok = true;
       const parts = [];
@@ -867,22 +868,8 @@ function report(R) {
       }
       goals.push(['added latency over direct, 1 connection', 'p50 ≤ 0.3 ms, p99 ≤ 1 ms', parts.join('; '), verdict(ok)]);
     }
-    for (const [key, label, bound] of [
-      ['cpuPer10k', 'CPU per request (32 connections)', '≤ 1.1 × the undici forwarder'],
-      ['peakRss', 'peak RSS under load (32 connections)', '≤ 1.1 × the undici forwarder'],
-    ]) {
-      let ok = true;
-      const parts = [];
-      for (const t of products) {
-        const xs = PAYLOADS.map((p) => {
-          const r = get(t, p.id, 32)[key] / get('undici', p.id, 32)[key];
-          if (!(r <= 1.1)) ok = false;
-          return `${p.id} ${r.toFixed(2)}×`;
-        });
-        parts.push(`${pname(t)}: ${xs.join(', ')}`);
-      }
-      goals.push([label, bound, parts.join('; '), verdict(ok)]);
-    }
+    ratioGoal('CPU per request (32 connections)', '≤ 1.1 × the undici forwarder', 'cpuPer10k', 'undici', (r) => r <= 1.1);
+    ratioGoal('peak RSS under load (32 connections)', '≤ 1.1 × the undici forwarder', 'peakRss', 'undici', (r) => r <= 1.1);
   }
   if (R.fleet.length) {
     goals.push(['fleet token calls, any N', '1', R.fleet.map((f) => `N=${f.n}: ${f.tokenCalls}`).join(', '), verdict(R.fleet.every((f) => f.tokenCalls === 1))]);
@@ -904,17 +891,7 @@ function report(R) {
     goals.push(['start to ready', '≤ 500 ms', R.startup.map((s) => `${s.id}: ${f0(s.median)} ms`).join(', '), verdict(R.startup.filter((s) => s.id !== 'memory-warm').every((s) => s.median <= 500) && m !== undefined)]);
   }
   if (R.matrix.some((m) => m.target === 'nginx') && products.length) {
-    let ok = true;
-    const parts = [];
-    for (const t of products) {
-      const xs = PAYLOADS.map((p) => {
-        const r = get(t, p.id, 32).rps / get('nginx', p.id, 32).rps;
-        if (!(r >= 0.5)) ok = false;
-        return `${p.id} ${r.toFixed(2)}×`;
-      });
-      parts.push(`${pname(t)}: ${xs.join(', ')}`);
-    }
-    goals.push(['stretch: throughput vs nginx, every payload, 32 connections', '≥ 0.5 × nginx', parts.join('; '), verdict(ok)]);
+    ratioGoal('stretch: throughput vs nginx, every payload, 32 connections', '≥ 0.5 × nginx', 'rps', 'nginx', (r) => r >= 0.5);
   }
   if (goals.length) {
     L.push('## Goals (same run, same pinning)');
