@@ -102,7 +102,8 @@ class Exchange implements UpstreamListener {
   #clientGone = false;
   #done = false;
   #upstream: UpstreamExchange | undefined;
-  readonly #appRequestId: string | undefined;
+  /** `['x-request-id', id]` when the sidecar made the id (sent to the vendor and returned to the app), else undefined. */
+  readonly #madeRequestId: readonly string[] | undefined;
   readonly #requestId: string;
 
   constructor(
@@ -113,8 +114,8 @@ class Exchange implements UpstreamListener {
   ) {
     // Propagate the app's request id, or give the request one, so the vendor, the app and our log line agree.
     const fromApp = req.headers['x-request-id'];
-    this.#appRequestId = typeof fromApp === 'string' ? fromApp : undefined;
-    this.#requestId = this.#appRequestId ?? deps.nextRequestId();
+    this.#requestId = typeof fromApp === 'string' ? fromApp : deps.nextRequestId();
+    this.#madeRequestId = typeof fromApp === 'string' ? undefined : ['x-request-id', this.#requestId];
   }
 
   start(): void {
@@ -196,10 +197,9 @@ class Exchange implements UpstreamListener {
     }
     const route = this.#route as Route;
     const headers = upstreamRequestHeaders(this.req.rawHeaders, route.inject.header, this.#authorization);
-    if (this.#appRequestId === undefined) headers.push('x-request-id', this.#requestId);
+    if (this.#madeRequestId) headers.push(...this.#madeRequestId);
     const hold = this.#replayable && this.#token !== undefined && !this.#replayed;
-    const extra = this.#appRequestId === undefined ? ['x-request-id', this.#requestId] : undefined;
-    this.#upstream = this.deps.forwarder.send(route, { method: this.req.method ?? 'GET', path: this.#path, headers, body: this.#body }, this.res, hold, extra, this);
+    this.#upstream = this.deps.forwarder.send(route, { method: this.req.method ?? 'GET', path: this.#path, headers, body: this.#body }, this.res, hold, this.#madeRequestId, this);
   }
 
   upstreamDone(err: SidecarError | undefined, held: HeldResponse | undefined): void {
@@ -239,7 +239,7 @@ class Exchange implements UpstreamListener {
     if (this.#clientGone) {
       this.#code = 'CLIENT_CLOSED';
     } else {
-      if (this.#appRequestId === undefined && !this.res.headersSent) this.res.setHeader('x-request-id', this.#requestId);
+      if (this.#madeRequestId && !this.res.headersSent) this.res.setHeader('x-request-id', this.#requestId);
       sendError(this.res, e);
       if (e.code === 'INTERNAL') this.deps.log.error({ err: e.cause instanceof Error ? e.cause.message : String(e.cause), route: this.#route?.name }, 'internal error');
     }
