@@ -3,7 +3,6 @@
  * `Secret` prints as [redacted] anyway; these paths catch a header object or token field that slips in.
  */
 import { pino, type Logger, type DestinationStream } from 'pino';
-import { BufferedAccessLog, pinoAccessLog, type AccessLog } from './proxy/access-log.js';
 
 export type { Logger };
 
@@ -19,7 +18,7 @@ export interface LoggerOptions {
   pretty?: boolean;
 }
 
-function baseOptions(opts: LoggerOptions) {
+export function baseOptions(opts: LoggerOptions) {
   return {
     level: opts.level ?? process.env['LOG_LEVEL'] ?? 'info',
     base: { pid: process.pid },
@@ -28,9 +27,9 @@ function baseOptions(opts: LoggerOptions) {
   };
 }
 
-const REDACT = { paths: REDACT_PATHS, censor: '[redacted]' };
+export const REDACT = { paths: REDACT_PATHS, censor: '[redacted]' };
 
-function wantsPretty(opts: LoggerOptions): boolean {
+export function wantsPretty(opts: LoggerOptions): boolean {
   return opts.pretty ?? (process.stdout.isTTY === true && process.env['LOG_FORMAT'] !== 'json');
 }
 
@@ -41,52 +40,6 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
     return pino({ ...base, transport: { target: 'pino-pretty', options: { colorize: true, translateTime: 'SYS:HH:MM:ss.l' } } });
   }
   return pino(base);
-}
-
-export interface Loggers {
-  log: Logger;
-  accessLog: AccessLog;
-}
-
-/**
- * The process's loggers. The per-request line goes through a batching writer (see proxy/access-log.ts); both write
- * into one asynchronous stdout stream, and every other log line first hands over the batched request lines, so order
- * is kept and lifecycle events are never delayed.
- */
-export function createLoggers(opts: LoggerOptions = {}): Loggers {
-  const level = opts.level ?? process.env['LOG_LEVEL'] ?? 'info';
-  // The request line is an info line: off at warn and above (and for unknown levels, which pino rejects anyway).
-  const requestsOn = (pino.levels.values[level] ?? Number.POSITIVE_INFINITY) <= (pino.levels.values['info'] ?? 30);
-  const off: AccessLog = { write: () => undefined, flush: () => undefined };
-  if (opts.destination || wantsPretty(opts)) {
-    const log = createLogger(opts);
-    return { log, accessLog: requestsOn ? pinoAccessLog(opts.destination ? pino(baseOptions(opts), opts.destination) : log) : off };
-  }
-  const dest = pino.destination({ dest: 1, sync: false });
-  const accessLog = requestsOn ? new BufferedAccessLog((chunk) => dest.write(chunk)) : off;
-  setInterval(() => accessLog.flush(), 1_000).unref();
-  process.on('exit', () => {
-    try {
-      accessLog.flush();
-      dest.flushSync();
-    } catch {
-      // nothing left to do
-    }
-  });
-  const log = pino(
-    {
-      ...baseOptions(opts),
-      redact: REDACT,
-      hooks: {
-        logMethod(args, method) {
-          accessLog.flush();
-          method.apply(this, args);
-        },
-      },
-    },
-    dest,
-  );
-  return { log, accessLog };
 }
 
 /** The audit (token lifecycle) logger: the main logger for `stdout`, else its own pino on stderr or a file. */

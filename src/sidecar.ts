@@ -1,22 +1,22 @@
 /**
- * Wiring: one config → store, token manager, forwarder, the app listener and the admin listener. The CLI runs
+ * The running sidecar: one config → token keeping (wiring.ts), forwarder, the app listener and the admin listener. The CLI runs
  * one of these per process; tests run them in-process or as child processes.
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Pool } from 'undici';
 import type { Config } from './config/types.js';
-import { createAuditLogger, type Logger } from './log.js';
-import { SidecarError } from './errors.js';
-import { OAuthClient, type TokenFetcher } from './oauth/client.js';
-import { createStore } from './store/index.js';
+import type { Logger } from './log.js';
+import { SidecarError } from './core/errors.js';
+import type { TokenFetcher } from './oauth/client.js';
 import type { TokenStore } from './store/store.js';
-import { TokenManager } from './tokens/manager.js';
+import type { TokenManager } from './tokens/manager.js';
+import { createTokenKeeping, type TokenKeeping } from './wiring.js';
 import { Forwarder } from './proxy/forward.js';
 import { buildRouteTable } from './proxy/match.js';
 import { ProxyHandler } from './proxy/server.js';
 import type { AccessLog } from './proxy/access-log.js';
-import { sendErrorOnSocket } from './proxy/errors-to-http.js';
+import { sendErrorOnSocket } from './http/problem.js';
 import { createAdminServer, type Readiness } from './admin/server.js';
 import { adminApi } from './admin/api.js';
 import { Metrics } from './admin/metrics.js';
@@ -46,7 +46,7 @@ export class Sidecar {
     readonly metrics: Metrics,
     private readonly handler: ProxyHandler,
     private readonly forwarder: Forwarder,
-    private readonly fetcher: TokenFetcher,
+    private readonly keeping: TokenKeeping,
     private readonly proxyServer: Server,
     private readonly adminServer: Server,
   ) {
@@ -60,31 +60,29 @@ export class Sidecar {
   static async start(opts: SidecarOptions): Promise<Sidecar> {
     const { config, log } = opts;
     // The metrics read the manager and store lazily, so they can exist before both.
-    let manager: TokenManager | undefined;
+    let keeping: TokenKeeping | undefined;
     let store: TokenStore | undefined;
-    const metrics = new Metrics({ expiries: () => manager?.expiries() ?? new Map(), storeUp: () => store?.health() === 'ok' });
-    store = opts.store ?? (await createStore(config.store, log, metrics.store));
-    // Give the store a moment so the first requests share tokens; never wait long: requests must not depend on it.
-    if (!(await store.whenReady(STORE_START_WAIT_MS))) {
+    const metrics = new Metrics({ expiries: () => keeping?.manager.expiries() ?? new Map(), storeUp: () => store?.health() === 'ok' });
+    keeping = await createTokenKeeping(config, {
+      log,
+      storeWaitMs: STORE_START_WAIT_MS,
+      store: opts.store,
+      fetcher: opts.fetcher,
+      storeObserver: metrics.store,
+      tokenObserver: metrics.tokens,
+      onStore: (s) => (store = s),
+    });
+    if (!keeping.storeReady) {
       log.warn({ event: 'store.unavailable_at_start', waitedMs: STORE_START_WAIT_MS }, 'store not reachable yet; serving with per-pod fetches until it is');
     }
-    const fetcher = opts.fetcher ?? new OAuthClient();
-    manager = new TokenManager({
-      store,
-      fetcher,
-      log,
-      audit: createAuditLogger(config.audit.destination, log),
-      observer: metrics.tokens,
-      ...(config.store.type === 'redis' ? { lockWaitTimeoutMs: config.store.lockWaitTimeoutMs } : {}),
-    });
-    manager.setRoutes(config.routes);
+    const { manager } = keeping;
     const forwarder = new Forwarder();
     const handler = new ProxyHandler({ manager, forwarder, log, ...(opts.accessLog ? { accessLog: opts.accessLog } : {}), observer: metrics.requests }, { table: buildRouteTable(config.routes) });
     // Apps on localhost keep connections open; outlive typical client idle timeouts so a reused socket is never
     // closed under a request in flight.
     const proxyServer = createServer({ keepAliveTimeout: 65_000 }, handler.handle);
     proxyServer.on('connect', (_req, socket) => {
-      sendErrorOnSocket(socket, new SidecarError('TUNNEL_NOT_SUPPORTED', 'CONNECT is not supported: call http:// and the sidecar opens TLS to the vendor'));
+      sendErrorOnSocket(socket, new SidecarError('TUNNEL_NOT_SUPPORTED', 'CONNECT is not supported: call http:// and the sidecar opens TLS to the vendor', { allow: 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS' }));
     });
     let sidecar: Sidecar | undefined;
     const api = adminApi({ metrics, manager, routes: () => sidecar?.config.routes ?? config.routes });
@@ -92,7 +90,7 @@ export class Sidecar {
       readiness: () => sidecar?.readiness() ?? { ready: false, checks: { starting: 'failing' } },
       extra: api,
     });
-    sidecar = new Sidecar(config, log, store, manager, metrics, handler, forwarder, fetcher, proxyServer, adminServer);
+    sidecar = new Sidecar(config, log, keeping.store, manager, metrics, handler, forwarder, keeping, proxyServer, adminServer);
     try {
       await listen(proxyServer, config.listen.host, config.listen.port, 'listen');
       await listen(adminServer, config.admin.host, config.admin.port, 'admin');
@@ -102,7 +100,7 @@ export class Sidecar {
     }
     await primeHttpPaths(sidecar.adminUrl);
     sidecar.#listening = true;
-    log.info({ event: 'listening', proxy: sidecar.proxyUrl, admin: sidecar.adminUrl, store: store.kind, routes: config.routes.length }, 'token-sidecar listening');
+    log.info({ event: 'listening', proxy: sidecar.proxyUrl, admin: sidecar.adminUrl, store: keeping.store.kind, routes: config.routes.length }, 'token-sidecar listening');
     for (const r of config.routes) {
       if (r.allowInsecureHttp) log.warn({ route: r.name }, 'allowInsecureHttp is set: credentials may cross the network in clear');
     }
@@ -152,8 +150,7 @@ export class Sidecar {
     this.#draining = true;
     await closeGracefully(this.proxyServer, drainTimeoutMs);
     await closeGracefully(this.adminServer, 0);
-    this.manager.close();
-    await Promise.allSettled([this.forwarder.close(), this.store.close(), closeFetcher(this.fetcher)]);
+    await Promise.allSettled([this.forwarder.close(), this.keeping.close()]);
   }
 }
 
@@ -172,10 +169,6 @@ async function primeHttpPaths(adminUrl: string): Promise<void> {
   } finally {
     await pool.destroy();
   }
-}
-
-async function closeFetcher(fetcher: TokenFetcher): Promise<void> {
-  if (fetcher instanceof OAuthClient) await fetcher.close();
 }
 
 function urlOf(server: Server): string {

@@ -5,7 +5,8 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Route } from '../config/types.js';
-import { isSidecarError } from '../errors.js';
+import { SidecarError, toSidecarError } from '../core/errors.js';
+import { sendError } from '../http/problem.js';
 import type { TokenManager } from '../tokens/manager.js';
 import type { Metrics } from './metrics.js';
 import { sendJson } from './server.js';
@@ -39,38 +40,29 @@ export function adminApi(deps: AdminApiDeps): (req: IncomingMessage, res: Server
     const action = ROUTE_ACTION.exec(path);
     if (!action) return false;
     const [, name = '', what] = action;
-    const expected = what === 'refresh' ? 'POST' : 'DELETE';
-    if (req.method !== expected) {
-      res.setHeader('allow', expected);
-      sendJson(res, 405, { error: `use ${expected}` });
-      return true;
-    }
-    if (!isLoopbackAddress(req.socket.remoteAddress)) {
-      sendJson(res, 403, { error: 'route actions are accepted from loopback only' });
-      return true;
-    }
-    const route = deps.routes().find((r) => r.name === name);
-    if (!route) {
-      sendJson(res, 404, { error: `no route named ${name}` });
-      return true;
-    }
-    if (route.auth.type !== 'oauth2') {
-      sendJson(res, 409, { error: `route ${name} uses a static credential` });
-      return true;
-    }
     try {
-      if (what === 'refresh') {
-        const { token, source } = await deps.manager.refresh(name);
-        sendJson(res, 200, { route: name, action: 'refreshed', fingerprint: token.fingerprint, source, expiresAt: new Date(token.expiresAtMs).toISOString() });
-      } else {
-        const { fingerprint, fleetWide } = await deps.manager.revoke(name);
-        sendJson(res, 200, { route: name, action: 'revoked', fingerprint: fingerprint ?? null, fleetWide });
-      }
+      sendJson(res, 200, await routeAction(deps, req, name, what === 'refresh' ? 'refresh' : 'revoke'));
     } catch (err) {
-      sendJson(res, 502, { route: name, error: isSidecarError(err) ? err.code : 'INTERNAL', detail: isSidecarError(err) ? err.message : 'unexpected error' });
+      // Statuses from the one code table: TOKEN_UNAVAILABLE 503 with Retry-After, TOKEN_REJECTED 502, …
+      sendError(res, toSidecarError(err, name));
     }
     return true;
   };
+}
+
+async function routeAction(deps: AdminApiDeps, req: IncomingMessage, name: string, what: 'refresh' | 'revoke'): Promise<Record<string, unknown>> {
+  const expected = what === 'refresh' ? 'POST' : 'DELETE';
+  if (req.method !== expected) throw new SidecarError('METHOD_NOT_ALLOWED', `use ${expected}`, { allow: expected });
+  if (!isLoopbackAddress(req.socket.remoteAddress)) throw new SidecarError('FORBIDDEN', 'route actions are accepted from loopback only');
+  const route = deps.routes().find((r) => r.name === name);
+  if (!route) throw new SidecarError('ROUTE_NOT_FOUND', `no route named ${name}`);
+  if (route.auth.type !== 'oauth2') throw new SidecarError('STATIC_CREDENTIAL', `route ${name} uses a static credential`, { route: name });
+  if (what === 'refresh') {
+    const { token, source } = await deps.manager.refresh(name);
+    return { route: name, action: 'refreshed', fingerprint: token.fingerprint, source, expiresAt: new Date(token.expiresAtMs).toISOString() };
+  }
+  const { fingerprint, fleetWide } = await deps.manager.revoke(name);
+  return { route: name, action: 'revoked', fingerprint: fingerprint ?? null, fleetWide };
 }
 
 function describeRoute(route: Route, manager: TokenManager): Record<string, unknown> {
@@ -86,6 +78,7 @@ function describeRoute(route: Route, manager: TokenManager): Record<string, unkn
   return {
     ...base,
     token: {
+      credential: s?.credential ?? null,
       source: s?.source ?? null,
       fingerprint: s?.fingerprint ?? null,
       expiresAt: s?.expiresAtMs === undefined ? null : new Date(s.expiresAtMs).toISOString(),

@@ -10,8 +10,8 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type Histog
 import type { RequestObserver } from '../proxy/server.js';
 import type { RedisStoreObserver } from '../store/redis.js';
 import type { TokenObserver } from '../tokens/manager.js';
-import type { TokenEndpointError } from '../oauth/response.js';
-import type { Token } from '../tokens/token.js';
+import type { TokenEndpointError } from '../core/errors.js';
+import type { Token } from '../core/token.js';
 
 const P = 'token_sidecar_';
 const NO_ROUTE = 'none';

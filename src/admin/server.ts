@@ -1,8 +1,11 @@
 /**
- * The admin listener: probes and, later, metrics and the routes API. Liveness never depends on the token endpoint
+ * The admin listener: probes, and the extra handlers (metrics, the routes API). Its own errors are problem+json
+ * from the one code table. Liveness never depends on the token endpoint
  * or the store (an IdP outage must not restart-loop pods); readiness is documented in docs/operations.md.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { SidecarError, toSidecarError } from '../core/errors.js';
+import { sendError } from '../http/problem.js';
 
 export interface Readiness {
   ready: boolean;
@@ -31,10 +34,7 @@ export function createAdminServer(routes: AdminRoutes): Server {
         return sendJson(res, r.ready ? 200 : 503, { status: r.ready ? 'ready' : 'not ready', checks: r.checks });
       }
       if (routes.extra && (await routes.extra(req, res))) return;
-      sendJson(res, 404, { error: 'not found' });
-    })().catch(() => {
-      if (!res.headersSent) sendJson(res, 500, { error: 'internal error' });
-      else res.destroy();
-    });
+      sendError(res, new SidecarError('NOT_FOUND', `no such path: ${path ?? '/'}`));
+    })().catch((err: unknown) => sendError(res, toSidecarError(err)));
   });
 }

@@ -8,7 +8,7 @@ import { createLogger } from '../log.js';
 import { Sidecar } from '../sidecar.js';
 import { startFakeIdp } from '../dev/fake-idp.js';
 import { startEchoVendor } from '../dev/echo-vendor.js';
-import { fingerprintOf } from '../tokens/token.js';
+import { fingerprintOf } from '../core/token.js';
 
 /** Show a token the way the product names it everywhere: never whole. */
 function masked(authorization: string | undefined): string {

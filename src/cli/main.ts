@@ -3,12 +3,11 @@
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { loadConfigFile, type LoadResult } from '../config/load.js';
-import { createLogger, createLoggers } from '../log.js';
+import { createLogger } from '../log.js';
+import { createLoggers } from './loggers.js';
 import { Sidecar } from '../sidecar.js';
-import { createStore } from '../store/index.js';
-import { OAuthClient } from '../oauth/client.js';
-import { TokenManager } from '../tokens/manager.js';
-import { isSidecarError } from '../errors.js';
+import { createTokenKeeping, type TokenKeeping } from '../wiring.js';
+import { isSidecarError } from '../core/errors.js';
 import { ConfigWatcher } from '../config/watch.js';
 
 const HELP = `token-sidecar — inject short-lived OAuth2 access tokens into an app's calls to vendor APIs
@@ -72,6 +71,9 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
+/** `token ROUTE` is run by hand: worth waiting a little longer for the store than a start does. */
+const TOKEN_STORE_WAIT_MS = 3_000;
+
 function print(text: string, code: number, toStderr = false): number {
   (toStderr ? process.stderr : process.stdout).write(`${text}\n`);
   return code;
@@ -113,16 +115,14 @@ async function token(file: string, routeName: string): Promise<number> {
   if (route.auth.type === 'static') return print(JSON.stringify({ route: routeName, source: 'static' }, null, 2), 0);
   // stdout carries the JSON answer (for `| jq`); logs go to stderr.
   const log = createLogger({ level: process.env['LOG_LEVEL'] ?? 'warn', destination: pino.destination(2) });
-  let store;
+  let keeping: TokenKeeping;
   try {
-    store = await createStore(result.config.store, log);
+    keeping = await createTokenKeeping(result.config, { log, storeWaitMs: TOKEN_STORE_WAIT_MS });
   } catch (err) {
     return print(`store unavailable: ${(err as Error).message}`, 2, true);
   }
-  if (!(await store.whenReady(3_000))) process.stderr.write('warning: the store is not reachable; fetching without it\n');
-  const fetcher = new OAuthClient();
-  const manager = new TokenManager({ store, fetcher, log });
-  manager.setRoutes(result.config.routes);
+  if (!keeping.storeReady) process.stderr.write('warning: the store is not reachable; fetching without it\n');
+  const { manager } = keeping;
   try {
     const { token: t, source } = await manager.get(routeName);
     return print(
@@ -145,8 +145,7 @@ async function token(file: string, routeName: string): Promise<number> {
     const detail = isSidecarError(err) ? `${err.code}: ${err.message}` : String(err);
     return print(`token for ${routeName} failed: ${detail}`, 2, true);
   } finally {
-    manager.close();
-    await Promise.allSettled([store.close(), fetcher.close()]);
+    await keeping.close();
   }
 }
 

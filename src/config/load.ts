@@ -7,10 +7,10 @@ import { isAbsolute, resolve, dirname } from 'node:path';
 import { LineCounter, parseDocument } from 'yaml';
 import type { z } from 'zod';
 import { configSchema, type RawConfig, type RawRedis, type RawRoute, type RawTls, type SecretRef } from './schema.js';
-import { Secret } from './secret.js';
+import { Secret } from '../core/secret.js';
 import type { Config, RedisStoreConfig, Route, StoreConfig, TlsMaterial } from './types.js';
 import { isLoopbackHost } from './units.js';
-import { credentialIdentity } from '../tokens/identity.js';
+import { credentialIdentity } from '../core/credential.js';
 
 export type LoadResult =
   | { ok: true; config: Config; warnings: string[]; files: string[] }

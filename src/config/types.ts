@@ -1,5 +1,5 @@
 /** The validated, resolved configuration the rest of the code runs on: units in ms/bytes, secrets resolved. */
-import type { Secret } from './secret.js';
+import type { Secret } from '../core/secret.js';
 
 export interface TlsMaterial {
   ca?: string | undefined;

@@ -4,8 +4,9 @@
  */
 import { Agent, request, type Dispatcher } from 'undici';
 import type { OAuth2Auth, TlsMaterial } from '../config/types.js';
-import type { Token } from '../tokens/token.js';
-import { parseTokenResponse, TokenEndpointError } from './response.js';
+import type { Token } from '../core/token.js';
+import { TokenEndpointError } from '../core/errors.js';
+import { parseTokenResponse } from './response.js';
 
 const MAX_BODY_BYTES = 256 * 1024;
 

@@ -2,34 +2,8 @@
  * Pure parsing of token endpoint answers (RFC 6749 §5.1 success, §5.2 error). Anything odd about the lifetime
  * degrades to a bounded one; nothing here can produce an unbounded or NaN expiry.
  */
-import { SidecarError } from '../errors.js';
-import { makeToken, type Token } from '../tokens/token.js';
-
-export type TokenErrorKind = 'rejected' | 'unavailable';
-
-/** A failed token request. `rejected`: our credentials or request were refused (negative-cached); `unavailable`: transient. */
-export class TokenEndpointError extends SidecarError {
-  readonly kind: TokenErrorKind;
-  readonly oauthError: string | undefined;
-  readonly retryAfterMs: number | undefined;
-  readonly httpStatus: number | undefined;
-
-  constructor(
-    kind: TokenErrorKind,
-    detail: string,
-    opts: { route?: string | undefined; oauthError?: string; retryAfterMs?: number | undefined; httpStatus?: number; cause?: unknown } = {},
-  ) {
-    super(kind === 'rejected' ? 'TOKEN_REJECTED' : 'TOKEN_UNAVAILABLE', detail, {
-      route: opts.route,
-      cause: opts.cause,
-      retryAfterS: opts.retryAfterMs === undefined ? undefined : Math.ceil(opts.retryAfterMs / 1000),
-    });
-    this.kind = kind;
-    this.oauthError = opts.oauthError;
-    this.retryAfterMs = opts.retryAfterMs;
-    this.httpStatus = opts.httpStatus;
-  }
-}
+import { TokenEndpointError } from '../core/errors.js';
+import { makeToken, type Token } from '../core/token.js';
 
 export interface TokenHttpResponse {
   status: number;

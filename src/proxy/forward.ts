@@ -1,17 +1,17 @@
 /**
- * Streams a request to the route's upstream through one pooled keep-alive undici Pool per route, and the answer
- * back into the app's response. Redirects are not followed (the Pool never does): a 3xx goes back to the app, so the
- * token is never sent to whatever a Location header names.
+ * Moves bytes: streams a request to the route's upstream through a pooled keep-alive undici Pool, and tells the
+ * exchange what comes back (status, headers, chunks, end or failure). Redirects are not followed (the Pool never
+ * does): a 3xx goes back to the app, so the token is never sent to whatever a Location header names.
  *
- * The hot path talks to the Pool through `dispatch()` with one handler object per request that writes straight into
- * the ServerResponse. `pool.stream()` (the plain undici forwarder's way) adds a promise, an AsyncResource scope, a
+ * The hot path talks to the Pool through `dispatch()` with one handler object per request that hands each event
+ * straight to the exchange. `pool.stream()` (the plain undici forwarder's way) adds a promise, an AsyncResource scope, a
  * parsed header object and `finished()` listeners per request; measured here, that was a large share of the CPU and
  * of the allocations of a forwarded request.
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage } from 'node:http';
 import { Pool } from 'undici';
 import type { Route } from '../config/types.js';
-import { SidecarError } from '../errors.js';
+import { SidecarError } from '../core/errors.js';
 import { downstreamResponseHeaders } from './headers.js';
 
 export interface UpstreamCall {
@@ -21,61 +21,22 @@ export interface UpstreamCall {
   body: Buffer | IncomingMessage | null;
 }
 
-/** Told once when an upstream exchange is over. */
+/** What the exchange hears of one upstream exchange; it alone writes the app's response. */
 export interface UpstreamListener {
-  /**
-   * `err`: the exchange failed (if the answer had started, the app's connection has been cut already).
-   * `held`: a 401 answer held back, complete, not yet written: replay, or `release()` it to the app.
-   */
-  upstreamDone(err: SidecarError | undefined, held: HeldResponse | undefined): void;
+  /** The vendor's final status and headers (1xx interim answers are not passed on). */
+  upstreamHeaders(statusCode: number, headers: string[]): void;
+  /** A body chunk; false when the app's socket is full (then `whenDrained` follows). */
+  upstreamData(chunk: Buffer): boolean;
+  /** Call `resume` once the app's socket drained. */
+  whenDrained(resume: () => void): void;
+  upstreamEnd(): void;
+  /** The exchange failed (called once, instead of `upstreamEnd`). */
+  upstreamFailed(err: SidecarError): void;
 }
 
-/** Largest 401 body held back while deciding whether to replay; past it the 401 streams to the app as is. */
-const HELD_401_MAX_BYTES = 64 * 1024;
-
-/**
- * A 401 answer kept aside while the replay is decided. If it grows past the cap it is released to the app and
- * streams on, and no replay happens.
- */
-export class HeldResponse {
-  #chunks: Buffer[] = [];
-  #size = 0;
-  #released = false;
-  #complete = false;
-
-  constructor(
-    private readonly res: ServerResponse,
-    readonly statusCode: number,
-    private readonly headers: string[],
-  ) {}
-
-  get released(): boolean {
-    return this.#released;
-  }
-
-  /** Write the held answer to the app. */
-  release(): void {
-    if (this.#released) return;
-    this.#released = true;
-    this.res.writeHead(this.statusCode, this.headers);
-    for (const chunk of this.#chunks) this.res.write(chunk);
-    this.#chunks = [];
-    if (this.#complete) this.res.end();
-  }
-
-  /** Whether the caller may go on reading (false: wait for the app's socket to drain). */
-  add(chunk: Buffer): boolean {
-    if (this.#released) return this.res.write(chunk);
-    this.#size += chunk.length;
-    this.#chunks.push(chunk);
-    if (this.#size > HELD_401_MAX_BYTES) this.release();
-    return true;
-  }
-
-  end(): void {
-    this.#complete = true;
-    if (this.#released) this.res.end();
-  }
+export interface UpstreamExchange {
+  /** The app went away: stop the upstream exchange (`upstreamFailed` follows). */
+  cancel(): void;
 }
 
 /**
@@ -84,74 +45,48 @@ export class HeldResponse {
  * and the wrapper parses the response headers into an object on every answer.
  * `extraHeaders` are appended to the vendor's response headers (e.g. the request id the sidecar made up).
  */
-class ResponseWriter {
+class UpstreamReader implements UpstreamExchange {
   #abort: ((err?: Error) => void) | undefined;
-  #resume: (() => void) | undefined;
-  #held: HeldResponse | undefined;
+  #resume: () => void = () => undefined;
   #cancelled = false;
 
   constructor(
     private readonly route: Route,
-    private readonly res: ServerResponse,
-    private readonly holdUnauthorized: boolean,
     private readonly extraHeaders: readonly string[] | undefined,
     private readonly listener: UpstreamListener,
   ) {}
 
-  /** The app went away: stop the upstream exchange (onError follows). */
   cancel(): void {
     this.#cancelled = true;
-    this.#abort?.(new SidecarError('UPSTREAM_UNREACHABLE', 'request cancelled by the client', { route: this.route.name }));
+    this.#abort?.(clientClosed(this.route));
   }
 
   onConnect(abort: (err?: Error) => void): void {
     this.#abort = abort;
-    if (this.#cancelled) abort(new SidecarError('UPSTREAM_UNREACHABLE', 'request cancelled by the client', { route: this.route.name }));
+    if (this.#cancelled) abort(clientClosed(this.route));
   }
 
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
-    // 1xx interim answers are not passed on (Node writes its own 100 Continue when the app asks for it).
     if (statusCode < 200) return true;
     this.#resume = resume;
-    const headers = downstreamResponseHeaders(rawHeaders, this.extraHeaders);
-    if (this.holdUnauthorized && statusCode === 401) {
-      this.#held = new HeldResponse(this.res, statusCode, headers);
-      return true;
-    }
-    this.res.writeHead(statusCode, headers);
+    this.listener.upstreamHeaders(statusCode, downstreamResponseHeaders(rawHeaders, this.extraHeaders));
     return true;
   }
 
   onData(chunk: Buffer): boolean {
-    const more = this.#held ? this.#held.add(chunk) : this.res.write(chunk);
+    const more = this.listener.upstreamData(chunk);
     // Backpressure: undici pauses the upstream socket until the app's socket drains.
-    if (!more && this.#resume) this.res.once('drain', this.#resume);
+    if (!more) this.listener.whenDrained(this.#resume);
     return more;
   }
 
   onComplete(): void {
-    const held = this.#held;
-    if (held && !held.released) {
-      held.end();
-      this.listener.upstreamDone(undefined, held);
-      return;
-    }
-    if (held) held.end();
-    else this.res.end();
-    this.listener.upstreamDone(undefined, undefined);
+    this.listener.upstreamEnd();
   }
 
   onError(err: Error): void {
-    const e = upstreamError(err, this.route);
-    // The answer has started: cutting the connection is the only honest signal left (else the caller answers).
-    if (this.res.headersSent && !this.res.destroyed) this.res.destroy(e);
-    this.listener.upstreamDone(e, undefined);
+    this.listener.upstreamFailed(upstreamError(err, this.route));
   }
-}
-
-export interface UpstreamExchange {
-  /** The app went away: stop the upstream exchange. */
-  cancel(): void;
 }
 
 export class Forwarder {
@@ -186,16 +121,12 @@ export class Forwarder {
     return pool;
   }
 
-  /**
-   * Send `call` and stream the answer into `res`; `listener.upstreamDone` is called once, possibly before this
-   * returns. With `holdUnauthorized`, a 401 answer is held back (unless it is too large to hold) and handed to the
-   * listener, so the caller can replay or release it.
-   */
-  send(route: Route, call: UpstreamCall, res: ServerResponse, holdUnauthorized: boolean, extraHeaders: readonly string[] | undefined, listener: UpstreamListener): UpstreamExchange {
-    const writer = new ResponseWriter(route, res, holdUnauthorized, extraHeaders, listener);
-    // dispatch() reports every failure, a synchronous one included, through writer.onError.
-    this.poolFor(route).dispatch({ path: call.path, method: call.method, headers: call.headers, body: call.body }, writer);
-    return writer;
+  /** Send `call` and tell `listener` what comes back; it hears the end (or the failure) once, possibly before this returns. */
+  send(route: Route, call: UpstreamCall, extraHeaders: readonly string[] | undefined, listener: UpstreamListener): UpstreamExchange {
+    const reader = new UpstreamReader(route, extraHeaders, listener);
+    // dispatch() reports every failure, a synchronous one included, through reader.onError.
+    this.poolFor(route).dispatch({ path: call.path, method: call.method, headers: call.headers, body: call.body }, reader);
+    return reader;
   }
 
   /** After a reload: close the pools no route uses any more (close() lets their running requests finish). */
@@ -220,17 +151,18 @@ function poolKey(route: Route): string {
   return JSON.stringify([route.upstreamOrigin, route.timeouts, tls?.ca, tls?.cert, tls?.key?.reveal(), tls?.servername]);
 }
 
-const TIMEOUTS = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'ETIMEDOUT']);
+const clientClosed = (route: Route) => new SidecarError('CLIENT_CLOSED', 'request cancelled by the client', { route: route.name });
 
 function upstreamError(err: unknown, route: Route): SidecarError {
   if (err instanceof SidecarError) return err;
   const e = err as { code?: string; name?: string };
-  if (e.name === 'AbortError' || e.code === 'UND_ERR_ABORTED') {
-    return new SidecarError('UPSTREAM_UNREACHABLE', 'request cancelled by the client', { route: route.name, cause: err });
-  }
-  if (e.code && TIMEOUTS.has(e.code)) {
-    const what = e.code === 'UND_ERR_CONNECT_TIMEOUT' ? `could not connect within ${route.timeouts.connectMs} ms` : `did not answer within ${route.timeouts.responseMs} ms`;
-    return new SidecarError('UPSTREAM_TIMEOUT', `${route.upstreamOrigin} ${what}`, { route: route.name, cause: err });
-  }
+  if (e.name === 'AbortError' || e.code === 'UND_ERR_ABORTED') return new SidecarError('CLIENT_CLOSED', 'request cancelled by the client', { route: route.name, cause: err });
+  const t = route.timeouts;
+  const what =
+    e.code === 'UND_ERR_CONNECT_TIMEOUT' ? `could not connect within ${t.connectMs} ms`
+    : e.code === 'UND_ERR_HEADERS_TIMEOUT' || e.code === 'ETIMEDOUT' ? `did not answer within ${t.responseMs} ms`
+    : e.code === 'UND_ERR_BODY_TIMEOUT' ? `stopped sending its answer for ${t.idleMs} ms`
+    : undefined;
+  if (what) return new SidecarError('UPSTREAM_TIMEOUT', `${route.upstreamOrigin} ${what}`, { route: route.name, cause: err });
   return new SidecarError('UPSTREAM_UNREACHABLE', `${route.upstreamOrigin} unreachable (${e.code ?? 'error'})`, { route: route.name, cause: err });
 }

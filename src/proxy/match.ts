@@ -4,7 +4,7 @@
  * (`..`, `%2e%2e`, `%2f`, `//host`, `http://host`) can reach another host or climb out of the base path.
  */
 import type { Route } from '../config/types.js';
-import { SidecarError } from '../errors.js';
+import { SidecarError } from '../core/errors.js';
 
 export interface RouteTable {
   /** Routes with a host, by host (`name` or `name:port`), longest prefix first. */

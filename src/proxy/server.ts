@@ -1,16 +1,17 @@
 /**
  * The app-facing request handler: match → token → forward → (on 401) replay once. Every path ends in a response:
- * the vendor's, or a problem+json from errors-to-http. The route table and routes are read once per request from
+ * the vendor's, or a problem+json from http/problem.ts, and the exchange is the only writer of that response. The route table and routes are read once per request from
  * an immutable snapshot, so a hot reload never changes a request half-way.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from '../log.js';
 import type { Route } from '../config/types.js';
-import { SidecarError, toSidecarError } from '../errors.js';
+import { SidecarError, statusOf, toSidecarError } from '../core/errors.js';
+import type { Token } from '../core/token.js';
 import type { TokenManager, TokenSource } from '../tokens/manager.js';
-import type { Token } from '../tokens/token.js';
-import { sendError } from './errors-to-http.js';
-import type { Forwarder, HeldResponse, UpstreamExchange, UpstreamListener } from './forward.js';
+import { sendError } from '../http/problem.js';
+import type { Forwarder, UpstreamExchange, UpstreamListener } from './forward.js';
+import { bodyPlan, Held401, holds401, retireAfter401, tokenForReplay, type ReplayObserver } from './replay.js';
 import { countHostHeaders, formatInjection, upstreamRequestHeaders } from './headers.js';
 import { requestIdGenerator } from './request-id.js';
 import { matchRequest, type RouteTable } from './match.js';
@@ -20,9 +21,8 @@ export interface ProxySnapshot {
   readonly table: RouteTable;
 }
 
-export interface RequestObserver {
+export interface RequestObserver extends ReplayObserver {
   completed?(route: string | undefined, status: number, durationS: number): void;
-  unauthorized?(route: string, replayed: boolean): void;
 }
 
 export interface ProxyHandlerOptions {
@@ -96,8 +96,12 @@ class Exchange implements UpstreamListener {
   #token: Token | undefined;
   #authorization = '';
   #body: Buffer | IncomingMessage | null = null;
-  #replayable = false;
+  /** The body is in memory (or there is none): a replay can send it again. */
+  #bodyKept = false;
   #replayed = false;
+  /** This attempt's 401 is held back for a replay. */
+  #holding = false;
+  #held: Held401 | undefined;
   #code: string | undefined;
   #clientGone = false;
   #done = false;
@@ -129,21 +133,21 @@ class Exchange implements UpstreamListener {
       if (route.auth.type === 'static') {
         this.#source = 'static';
         this.#authorization = route.auth.value.reveal();
-        this.#readBody();
+        this.#readBody(route);
         return;
       }
       const token = this.deps.manager.current(route.name);
       if (token) {
         this.#source = 'memory';
         this.#useToken(route, token);
-        this.#readBody();
+        this.#readBody(route);
         return;
       }
       this.deps.manager.get(route.name).then((result) => {
         this.#tokenWaitMs = performance.now() - this.#startedMs;
         this.#source = result.source;
         this.#useToken(route, result.token);
-        this.#readBody();
+        this.#readBody(route);
       }, this.#fail);
     } catch (err) {
       this.#fail(err);
@@ -155,31 +159,20 @@ class Exchange implements UpstreamListener {
     this.#authorization = this.deps.injection(route, token);
   }
 
-  /**
-   * A small, sized body is read into memory so a 401 can be replayed with the same bytes; any other body streams
-   * (and is then not replayable).
-   */
-  #readBody(): void {
-    const route = this.#route as Route;
-    const headers = this.req.headers;
-    const lengthHeader = headers['content-length'];
-    if (headers['transfer-encoding'] === undefined && (lengthHeader === undefined || lengthHeader === '0')) {
-      this.#replayable = route.retryOn401;
-      this.#send();
-      return;
-    }
-    const length = lengthHeader === undefined ? undefined : Number(lengthHeader);
-    if (!route.retryOn401 || length === undefined || length > route.replayBodyLimitBytes) {
-      this.#body = this.req;
-      this.#send();
+  #readBody(route: Route): void {
+    const plan = bodyPlan(route, this.req.headers);
+    if (plan !== 'buffer') {
+      this.#bodyKept = plan === 'none';
+      if (plan === 'stream') this.#body = this.req;
+      this.#send(route);
       return;
     }
     const chunks: Buffer[] = [];
     this.req.on('data', (chunk: Buffer) => chunks.push(chunk));
     this.req.once('end', () => {
       this.#body = Buffer.concat(chunks);
-      this.#replayable = true;
-      this.#send();
+      this.#bodyKept = true;
+      this.#send(route);
     });
     // Only the app's side can fail here: it went away mid-body.
     this.req.once('error', (err) => {
@@ -188,59 +181,86 @@ class Exchange implements UpstreamListener {
     });
   }
 
-  #send(): void {
+  #send(route: Route): void {
     if (this.#clientGone) {
       // The app went away while the request waited (for a token, a replay or its body): send nothing.
       this.#code = 'CLIENT_CLOSED';
       this.#finish();
       return;
     }
-    const route = this.#route as Route;
     const headers = upstreamRequestHeaders(this.req.rawHeaders, route.inject.header, this.#authorization);
     if (this.#madeRequestId) headers.push(...this.#madeRequestId);
-    const hold = this.#replayable && this.#token !== undefined && !this.#replayed;
-    this.#upstream = this.deps.forwarder.send(route, { method: this.req.method ?? 'GET', path: this.#path, headers, body: this.#body }, this.res, hold, this.#madeRequestId, this);
+    this.#holding = holds401(route, this.#token, this.#bodyKept, this.#replayed);
+    this.#upstream = this.deps.forwarder.send(route, { method: this.req.method ?? 'GET', path: this.#path, headers, body: this.#body }, this.#madeRequestId, this);
   }
 
-  upstreamDone(err: SidecarError | undefined, held: HeldResponse | undefined): void {
+  upstreamHeaders(statusCode: number, headers: string[]): void {
+    if (this.#holding && statusCode === 401) this.#held = new Held401(statusCode, headers);
+    else this.res.writeHead(statusCode, headers);
+  }
+
+  upstreamData(chunk: Buffer): boolean {
+    const held = this.#held;
+    if (held && held.add(chunk)) return true;
+    // Too large to hold: the 401 goes to the app as it is, and streams on.
+    if (held) return this.#handOver(held);
+    return this.res.write(chunk);
+  }
+
+  whenDrained(resume: () => void): void {
+    this.res.once('drain', resume);
+  }
+
+  upstreamEnd(): void {
     this.#upstream = undefined;
-    if (err) return this.#fail(err);
     const route = this.#route as Route;
     const token = this.#token;
+    const held = this.#held;
+    this.#held = undefined;
     if (held && token) return this.#replay(route, token, held);
-    if (token && route.retryOn401 && this.res.statusCode === 401) {
-      // A 401 that was not replayed (streamed body, too large to hold, or the replay itself): still tell the
-      // manager, so the next request gets a fresh token. Its rate limit keeps a vendor that refuses everything
-      // from hammering the IdP.
-      this.deps.observer.unauthorized?.(route.name, false);
-      this.deps.manager.afterUnauthorized(route.name, token.fingerprint).catch(() => undefined);
-    }
+    this.res.end();
+    if (token && this.res.statusCode === 401) retireAfter401(this.deps.manager, this.deps.observer, route, token);
     this.#finish();
   }
 
+  upstreamFailed(err: SidecarError): void {
+    this.#upstream = undefined;
+    this.#held = undefined;
+    this.#fail(err);
+  }
+
   /** The vendor refused the token: get a different one and replay once; the replay's answer, 401 or not, goes to the app. */
-  #replay(route: Route, token: Token, held: HeldResponse): void {
-    this.deps.manager.afterUnauthorized(route.name, token.fingerprint).then((fresh) => {
-      this.deps.observer.unauthorized?.(route.name, fresh !== undefined);
+  #replay(route: Route, token: Token, held: Held401): void {
+    tokenForReplay(this.deps.manager, this.deps.observer, route, token).then((fresh) => {
       if (fresh && !this.#clientGone) {
         this.#replayed = true;
         this.#useToken(route, fresh);
-        this.#send();
-      } else {
-        held.release();
-        this.#finish();
+        this.#send(route);
+        return;
       }
+      this.#handOver(held);
+      this.res.end();
+      this.#finish();
     }, this.#fail);
+  }
+
+  /** Write a held answer to the app (the rest of its body, if any, follows as it comes). */
+  #handOver(held: Held401): boolean {
+    this.#held = undefined;
+    this.res.writeHead(held.statusCode, held.headers);
+    let more = true;
+    for (const chunk of held.chunks) more = this.res.write(chunk);
+    return more;
   }
 
   readonly #fail = (err: unknown): void => {
     const e = toSidecarError(err, this.#route?.name);
-    this.#code = e.code;
-    if (this.#clientGone) {
+    this.#code = this.#clientGone ? 'CLIENT_CLOSED' : e.code;
+    if (this.#clientGone || e.code === 'CLIENT_CLOSED') {
       this.#code = 'CLIENT_CLOSED';
+      if (!this.res.destroyed) this.res.destroy();
     } else {
-      if (this.#madeRequestId && !this.res.headersSent) this.res.setHeader('x-request-id', this.#requestId);
-      sendError(this.res, e);
+      sendError(this.res, e, this.#madeRequestId && { 'x-request-id': this.#requestId });
       if (e.code === 'INTERNAL') this.deps.log.error({ err: e.cause instanceof Error ? e.cause.message : String(e.cause), route: this.#route?.name }, 'internal error');
     }
     this.#finish();
@@ -257,11 +277,13 @@ class Exchange implements UpstreamListener {
     this.#done = true;
     const durationMs = performance.now() - this.#startedMs;
     const route = this.#route?.name;
-    this.deps.observer.completed?.(route, this.res.statusCode, durationMs / 1000);
+    // Nobody read an answer: log what nginx logs for it.
+    const status = this.#code === 'CLIENT_CLOSED' ? statusOf('CLIENT_CLOSED') : this.res.statusCode;
+    this.deps.observer.completed?.(route, status, durationMs / 1000);
     this.deps.accessLog.write({
       route,
       method: this.req.method,
-      status: this.res.statusCode,
+      status,
       durationMs: Math.round(durationMs * 100) / 100,
       tokenSource: this.#source,
       tokenWaitMs: this.#tokenWaitMs === undefined ? undefined : Math.round(this.#tokenWaitMs * 100) / 100,
@@ -271,4 +293,3 @@ class Exchange implements UpstreamListener {
     });
   }
 }
-

@@ -3,7 +3,7 @@
  * readable by the Lua scripts (newer-wins, compare-and-delete); the token itself is inside, sealed when a keyring
  * is configured. The outer fields are bound to the ciphertext as AAD, so they cannot be edited without detection.
  */
-import { makeToken, type Token } from '../tokens/token.js';
+import { makeToken, type Token } from '../core/token.js';
 import type { Keyring, Sealed } from './crypto.js';
 
 export const VALUE_VERSION = 1;
@@ -36,7 +36,13 @@ export function encodeToken(key: string, token: Token, keyring: Keyring | undefi
   return JSON.stringify(outer);
 }
 
-export type DecodeResult = { ok: true; token: Token } | { ok: false; reason: 'json' | 'version' | 'shape' | 'decrypt' | 'fingerprint' | 'plaintext' };
+/**
+ * `foreign`: sealed under a key id this pod does not have, i.e. another pod's newer key during a key rollout. Not
+ * damage: the value is left alone (never deleted, never overwritten) so the pods that can read it keep sharing it.
+ */
+export type DecodeResult =
+  | { ok: true; token: Token }
+  | { ok: false; reason: 'json' | 'version' | 'shape' | 'decrypt' | 'fingerprint' | 'plaintext' | 'foreign' };
 
 export function decodeToken(key: string, text: string, keyring: Keyring | undefined): DecodeResult {
   let outer: unknown;
@@ -53,6 +59,7 @@ export function decodeToken(key: string, text: string, keyring: Keyring | undefi
   if (keyring) {
     // With encryption on, a plaintext value is never trusted: it may have been planted.
     if (!isSealed(outer['enc'])) return { ok: false, reason: 'plaintext' };
+    if (!keyring.has(outer['enc'].kid)) return { ok: false, reason: 'foreign' };
     const opened = keyring.open(outer['enc'], aad(key, { v: VALUE_VERSION, iat, exp, fp }));
     if (opened === undefined) return { ok: false, reason: 'decrypt' };
     try {

@@ -35,6 +35,11 @@ export class Keyring {
     return { kid: this.#current.id, iv: iv.toString('base64'), ct: ct.toString('base64'), tag: cipher.getAuthTag().toString('base64') };
   }
 
+  /** Whether a value sealed under `kid` can be opened here. */
+  has(kid: string): boolean {
+    return this.#keys.has(kid);
+  }
+
   /** The plaintext, or undefined for an unknown key id, a wrong key, a tampered value or a malformed envelope. */
   open(sealed: Sealed, aad: string): string | undefined {
     const key = this.#keys.get(sealed.kid);

@@ -1,8 +1,9 @@
-import type { Token } from '../tokens/token.js';
-import type { LockHandle, SharedFailure, StoreEvent, StoreRead, TokenStore } from './store.js';
+import type { Stored } from '../core/errors.js';
+import type { Token } from '../core/token.js';
+import { STORED_VOID, stored, type LockHandle, type SharedFailure, type StoreEvent, type StoreRead, type TokenStore } from './store.js';
 
 /**
- * The embedded store for one pod. The manager already single-flights per key, so the lock is never contended
+ * The embedded store for one pod. The token keeper already single-flights per key, so the lock is never contended
  * here; it is still honoured so the protocol reads the same on both stores.
  */
 export class MemoryStore implements TokenStore {
@@ -14,7 +15,38 @@ export class MemoryStore implements TokenStore {
 
   constructor(private readonly now: () => number = Date.now) {}
 
-  async get(key: string): Promise<Token | undefined> {
+  async get(key: string): Promise<Stored<Token | undefined>> {
+    return stored(this.#token(key));
+  }
+
+  async read(key: string): Promise<Stored<StoreRead>> {
+    return stored(this.#read(key));
+  }
+
+  async putFailure(key: string, failure: SharedFailure): Promise<Stored<void>> {
+    this.#failures.set(key, failure);
+    return STORED_VOID;
+  }
+
+  async put(key: string, token: Token): Promise<Stored<void>> {
+    const current = this.#tokens.get(key);
+    if (current && current.issuedAtMs > token.issuedAtMs) return STORED_VOID;
+    this.#tokens.set(key, token);
+    this.#failures.delete(key);
+    this.#emit({ kind: 'refreshed', key, fingerprint: token.fingerprint });
+    return STORED_VOID;
+  }
+
+  async readOrLock(key: string): Promise<Stored<StoreRead & { lock: LockHandle | undefined }>> {
+    const read = this.#read(key);
+    return stored({ ...read, lock: read.token || read.failure ? undefined : this.#lock(key) });
+  }
+
+  async tryLock(key: string): Promise<Stored<LockHandle | undefined>> {
+    return stored(this.#lock(key));
+  }
+
+  #token(key: string): Token | undefined {
     const token = this.#tokens.get(key);
     if (token && token.expiresAtMs <= this.now()) {
       this.#tokens.delete(key);
@@ -23,30 +55,13 @@ export class MemoryStore implements TokenStore {
     return token;
   }
 
-  async read(key: string): Promise<StoreRead> {
+  #read(key: string): StoreRead {
     const failure = this.#failures.get(key);
     if (failure && failure.untilMs <= this.now()) this.#failures.delete(key);
-    return { token: await this.get(key), failure: this.#failures.get(key) };
+    return { token: this.#token(key), failure: this.#failures.get(key) };
   }
 
-  async putFailure(key: string, failure: SharedFailure): Promise<void> {
-    this.#failures.set(key, failure);
-  }
-
-  async put(key: string, token: Token): Promise<void> {
-    const current = this.#tokens.get(key);
-    if (current && current.issuedAtMs > token.issuedAtMs) return;
-    this.#tokens.set(key, token);
-    this.#failures.delete(key);
-    this.#emit({ kind: 'refreshed', key, fingerprint: token.fingerprint });
-  }
-
-  async readOrLock(key: string): Promise<StoreRead & { lock: LockHandle | undefined }> {
-    const read = await this.read(key);
-    return { ...read, lock: read.token || read.failure ? undefined : await this.tryLock(key) };
-  }
-
-  async tryLock(key: string): Promise<LockHandle | undefined> {
+  #lock(key: string): LockHandle | undefined {
     if (this.#locks.has(key)) return undefined;
     this.#locks.add(key);
     let held = true;
@@ -57,6 +72,7 @@ export class MemoryStore implements TokenStore {
       release: async () => {
         if (held) this.#locks.delete(key);
         held = false;
+        return STORED_VOID;
       },
     };
   }
@@ -66,11 +82,11 @@ export class MemoryStore implements TokenStore {
     return undefined;
   }
 
-  async invalidate(key: string, fingerprint: string): Promise<boolean> {
-    if (this.#tokens.get(key)?.fingerprint !== fingerprint) return false;
+  async invalidate(key: string, fingerprint: string): Promise<Stored<boolean>> {
+    if (this.#tokens.get(key)?.fingerprint !== fingerprint) return stored(false);
     this.#tokens.delete(key);
     this.#emit({ kind: 'invalidated', key, fingerprint });
-    return true;
+    return stored(true);
   }
 
   onEvent(listener: (e: StoreEvent) => void): void {

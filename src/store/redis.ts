@@ -7,23 +7,15 @@
  * Pub/sub runs on its own connection and tells every pod about refreshed and invalidated tokens.
  */
 import { randomBytes } from 'node:crypto';
-import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
-import type { ConnectionOptions } from 'node:tls';
+import type { Stored } from '../core/errors.js';
 import type { Logger } from '../log.js';
 import type { RedisStoreConfig } from '../config/types.js';
-import type { Token } from '../tokens/token.js';
+import type { Token } from '../core/token.js';
 import { Keyring } from './crypto.js';
 import { decodeToken, encodeToken } from './codec.js';
+import { createClient, errMessage, isReplyError, outageOf, parseFailure, type Client } from './redis-client.js';
 import { DELETE_IF_EQUALS, FAILURE_PUT, LOCK_RENEW, READ_OR_LOCK, TOKEN_INVALIDATE, TOKEN_PUT_NEWER, runScript } from './scripts.js';
-import {
-  StoreUnavailableError,
-  type LockHandle,
-  type SharedFailure,
-  type StoreEvent,
-  type StoreHealth,
-  type StoreRead,
-  type TokenStore,
-} from './store.js';
+import { STORED_VOID, stored, type LockHandle, type SharedFailure, type StoreEvent, type StoreHealth, type StoreRead, type TokenStore } from './store.js';
 
 /** After a failed call, skip Redis this long before trying again (a frozen Redis must not tax every cold request). */
 const BREAKER_OPEN_MS = 1_000;
@@ -33,8 +25,6 @@ export interface RedisStoreObserver {
   decodeFailed?(reason: string): void;
   up?(up: boolean): void;
 }
-
-type Client = Redis | Cluster;
 
 interface EventMessage {
   /** refreshed, invalidated, failed */
@@ -113,66 +103,74 @@ export class RedisStore implements TokenStore {
     return `${this.#prefix}{${key}}:failure`;
   }
 
-  async get(key: string): Promise<Token | undefined> {
+  async get(key: string): Promise<Stored<Token | undefined>> {
     const redisKey = this.tokenKey(key);
-    const text = await this.#call('get', () => this.#cmd.get(redisKey));
-    return this.#decode(redisKey, text);
+    const reply = await this.#call('get', () => this.#cmd.get(redisKey));
+    return reply.ok ? stored((await this.#decode(redisKey, reply.value)).token) : reply;
   }
 
-  async read(key: string): Promise<StoreRead> {
+  async read(key: string): Promise<Stored<StoreRead>> {
     const redisKey = this.tokenKey(key);
     // Same hash tag, same slot: one MGET even on a Cluster.
-    const [text, failure] = await this.#call('get', () => this.#cmd.mget(redisKey, this.failureKey(key)));
-    return { token: await this.#decode(redisKey, text ?? null), failure: parseFailure(failure ?? null) };
+    const reply = await this.#call('get', () => this.#cmd.mget(redisKey, this.failureKey(key)));
+    if (!reply.ok) return reply;
+    const [text, failure] = reply.value;
+    return stored({ ...(await this.#decode(redisKey, text ?? null)), failure: parseFailure(failure ?? null) });
   }
 
-  async putFailure(key: string, failure: SharedFailure): Promise<void> {
+  async putFailure(key: string, failure: SharedFailure): Promise<Stored<void>> {
     const ttlMs = Math.floor(failure.untilMs - Date.now());
-    if (!Number.isSafeInteger(ttlMs) || ttlMs <= 0) return;
+    if (!Number.isSafeInteger(ttlMs) || ttlMs <= 0) return STORED_VOID;
     const value = JSON.stringify({ v: 1, kind: failure.kind, msg: failure.message.slice(0, 300), until: failure.untilMs });
-    await this.#call('put_failure', () => runScript(this.#cmd, FAILURE_PUT, [this.failureKey(key)], [value, ttlMs, this.#channel, this.#message('f', key, '')]));
+    const reply = await this.#call('put_failure', () => runScript(this.#cmd, FAILURE_PUT, [this.failureKey(key)], [value, ttlMs, this.#channel, this.#message('f', key, '')]));
+    return reply.ok ? STORED_VOID : reply;
   }
 
-  async #decode(redisKey: string, text: string | null): Promise<Token | undefined> {
-    if (text === null) return undefined;
+  async #decode(redisKey: string, text: string | null): Promise<Pick<StoreRead, 'token' | 'unreadable'>> {
+    if (text === null) return { token: undefined };
     const decoded = decodeToken(redisKey, text, this.#keyring);
-    if (decoded.ok) return decoded.token;
-    // Never forwarded, never fatal: count it, say so without the content, and clear it so a fresh token can land.
+    if (decoded.ok) return { token: decoded.token };
     this.#observer.decodeFailed?.(decoded.reason);
+    // Sealed under a key this pod does not have (yet): another pod's, during a key rollout. Leave it for them.
+    if (decoded.reason === 'foreign') return { token: undefined, unreadable: 'foreign' };
+    // Never forwarded, never fatal: count it, say so without the content, and clear it so a fresh token can land.
     this.#log.warn({ event: 'store.bad_value', reason: decoded.reason, key: redisKey }, 'unreadable token value in the store; treated as a miss');
-    await this.#call('delete_bad', () => runScript(this.#cmd, DELETE_IF_EQUALS, [redisKey], [text])).catch(() => undefined);
-    return undefined;
+    await this.#call('delete_bad', () => runScript(this.#cmd, DELETE_IF_EQUALS, [redisKey], [text]));
+    return { token: undefined, unreadable: 'bad' };
   }
 
-  async put(key: string, token: Token): Promise<void> {
+  async put(key: string, token: Token): Promise<Stored<void>> {
     const redisKey = this.tokenKey(key);
     const ttlMs = Math.floor(token.expiresAtMs - Date.now());
     // A token with no time left is not worth sharing, and PX must be a positive integer: never NaN, 0 or "forever".
-    if (!Number.isSafeInteger(ttlMs) || ttlMs <= 0) return;
+    if (!Number.isSafeInteger(ttlMs) || ttlMs <= 0) return STORED_VOID;
     const value = encodeToken(redisKey, token, this.#keyring);
-    await this.#call('put', () =>
+    const reply = await this.#call('put', () =>
       runScript(this.#cmd, TOKEN_PUT_NEWER, [redisKey, this.failureKey(key)], [value, token.issuedAtMs, ttlMs, this.#channel, this.#message('r', key, token.fingerprint, value)]),
     );
+    return reply.ok ? STORED_VOID : reply;
   }
 
-  async tryLock(key: string): Promise<LockHandle | undefined> {
+  async tryLock(key: string): Promise<Stored<LockHandle | undefined>> {
     const lockKey = this.lockKey(key);
     const owner = randomBytes(16).toString('hex');
-    const ok = await this.#call('lock', () => this.#cmd.set(lockKey, owner, 'PX', this.#lockLeaseMs, 'NX'));
-    return ok === 'OK' ? this.#heldLock(lockKey, owner) : undefined;
+    const reply = await this.#call('lock', () => this.#cmd.set(lockKey, owner, 'PX', this.#lockLeaseMs, 'NX'));
+    if (!reply.ok) return reply;
+    return stored(reply.value === 'OK' ? this.#heldLock(lockKey, owner) : undefined);
   }
 
-  async readOrLock(key: string): Promise<StoreRead & { lock: LockHandle | undefined }> {
+  async readOrLock(key: string): Promise<Stored<StoreRead & { lock: LockHandle | undefined }>> {
     const redisKey = this.tokenKey(key);
     const lockKey = this.lockKey(key);
     const owner = randomBytes(16).toString('hex');
     const reply = await this.#call('get', () => runScript(this.#cmd, READ_OR_LOCK, [redisKey, this.failureKey(key), lockKey], [owner, this.#lockLeaseMs]));
-    const [text, failure, locked] = Array.isArray(reply) ? (reply as unknown[]) : [];
-    return {
-      token: await this.#decode(redisKey, typeof text === 'string' ? text : null),
+    if (!reply.ok) return reply;
+    const [text, failure, locked] = Array.isArray(reply.value) ? (reply.value as unknown[]) : [];
+    return stored({
+      ...(await this.#decode(redisKey, typeof text === 'string' ? text : null)),
       failure: parseFailure(typeof failure === 'string' ? failure : null),
       lock: locked === 1 ? this.#heldLock(lockKey, owner) : undefined,
-    };
+    });
   }
 
   /** The handle of a lock we just took: renewed until released, released only while it is still ours. */
@@ -198,13 +196,13 @@ export class RedisStore implements TokenStore {
       },
       release: async () => {
         clearInterval(renew);
-        if (!held) return;
+        if (!held) return STORED_VOID;
         held = false;
-        await this.#call('unlock', () => runScript(this.#cmd, DELETE_IF_EQUALS, [lockKey], [owner]));
+        const reply = await this.#call('unlock', () => runScript(this.#cmd, DELETE_IF_EQUALS, [lockKey], [owner]));
+        return reply.ok ? STORED_VOID : reply;
       },
     };
   }
-
 
   waitForEvent(key: string, timeoutMs: number): Promise<Token | undefined> {
     return new Promise((resolve) => {
@@ -223,11 +221,11 @@ export class RedisStore implements TokenStore {
     });
   }
 
-  async invalidate(key: string, fingerprint: string): Promise<boolean> {
-    const result = await this.#call('invalidate', () =>
+  async invalidate(key: string, fingerprint: string): Promise<Stored<boolean>> {
+    const reply = await this.#call('invalidate', () =>
       runScript(this.#cmd, TOKEN_INVALIDATE, [this.tokenKey(key)], [fingerprint, this.#channel, this.#message('i', key, fingerprint)]),
     );
-    return result === 1;
+    return reply.ok ? stored(reply.value === 1) : reply;
   }
 
   onEvent(listener: (e: StoreEvent) => void): void {
@@ -264,20 +262,20 @@ export class RedisStore implements TokenStore {
     this.#sub.disconnect();
   }
 
-  /** One store call with the breaker around it; every failure becomes StoreUnavailableError. */
-  async #call<T>(op: string, fn: () => Promise<T>): Promise<T> {
-    if (this.#closed) throw new StoreUnavailableError(op);
+  /** One store call with the breaker around it; every failure is an outage value. */
+  async #call<T>(op: string, fn: () => Promise<T>): Promise<Stored<T>> {
+    if (this.#closed) return { ok: false, outage: { op, reason: 'down', message: 'store closed' } };
     if (Date.now() < this.#breakerOpenUntilMs || !this.#cmdReady) {
       this.#observer.error?.(op);
-      throw new StoreUnavailableError(op);
+      return { ok: false, outage: { op, reason: 'down', message: this.#cmdReady ? 'skipped after a recent failure' : 'not connected' } };
     }
     try {
-      return await fn();
+      return stored(await fn());
     } catch (err) {
       this.#observer.error?.(op);
       // Script and reply errors are answers, not outages; timeouts and connection errors open the breaker.
-      if (!(err instanceof Error && /^(ERR|NOSCRIPT|WRONGTYPE)/.test(err.message))) this.#breakerOpenUntilMs = Date.now() + BREAKER_OPEN_MS;
-      throw new StoreUnavailableError(op, err);
+      if (!isReplyError(err)) this.#breakerOpenUntilMs = Date.now() + BREAKER_OPEN_MS;
+      return { ok: false, outage: outageOf(op, err) };
     }
   }
 
@@ -330,74 +328,4 @@ export class RedisStore implements TokenStore {
     // ioredis emits 'error' on every failed reconnect attempt; without a listener the process would crash.
     client.on('error', (err: unknown) => this.#log.debug({ event: 'store.error', role, err: errMessage(err) }, 'redis error'));
   }
-}
-
-function parseFailure(text: string | null): SharedFailure | undefined {
-  if (text === null) return undefined;
-  try {
-    const v = JSON.parse(text) as Record<string, unknown>;
-    const { kind, msg, until } = v;
-    if ((kind !== 'rejected' && kind !== 'unavailable') || typeof msg !== 'string' || typeof until !== 'number' || !Number.isFinite(until)) return undefined;
-    return { kind, message: msg, untilMs: until };
-  } catch {
-    return undefined;
-  }
-}
-
-function errMessage(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
-
-function tlsOptions(config: RedisStoreConfig): ConnectionOptions | undefined {
-  const useTls = config.url?.startsWith('rediss://') || config.tls !== undefined;
-  if (!useTls) return undefined;
-  const t = config.tls;
-  return {
-    ...(t?.ca ? { ca: t.ca } : {}),
-    ...(t?.cert ? { cert: t.cert } : {}),
-    ...(t?.key ? { key: t.key.reveal() } : {}),
-    ...(t?.servername ? { servername: t.servername } : {}),
-  };
-}
-
-/**
- * Request-path connections fail fast (deadline per command, no offline queue, no retries of a sent command);
- * the pub/sub connection queues its SUBSCRIBE until connected. Both reconnect forever with a capped backoff.
- */
-function createClient(config: RedisStoreConfig, opts: { requestPath: boolean }): Client {
-  const tls = tlsOptions(config);
-  const base: RedisOptions = {
-    ...(config.username ? { username: config.username } : {}),
-    ...(config.password ? { password: config.password.reveal() } : {}),
-    ...(tls ? { tls } : {}),
-    connectTimeout: 2_000,
-    enableOfflineQueue: !opts.requestPath,
-    maxRetriesPerRequest: opts.requestPath ? 0 : null,
-    // We subscribe on every 'ready' ourselves, so we know whether it worked.
-    autoResubscribe: false,
-    ...(opts.requestPath ? { commandTimeout: config.commandTimeoutMs } : {}),
-    retryStrategy: (times: number) => Math.min(100 * 2 ** Math.min(times, 5), 2_000),
-    lazyConnect: false,
-  };
-  if (config.cluster) {
-    const clusterOpts: ClusterOptions = {
-      redisOptions: base,
-      enableOfflineQueue: !opts.requestPath,
-      clusterRetryStrategy: (times: number) => Math.min(100 * 2 ** Math.min(times, 5), 2_000),
-      scaleReads: 'master',
-      ...(tls ? { dnsLookup: (address: string, callback: (err: null, address: string) => void) => callback(null, address) } : {}),
-    };
-    return new Cluster(config.cluster, clusterOpts);
-  }
-  if (config.sentinels) {
-    return new Redis({
-      ...base,
-      sentinels: config.sentinels,
-      name: config.name ?? 'mymaster',
-      ...(config.sentinelPassword ? { sentinelPassword: config.sentinelPassword.reveal() } : {}),
-      ...(tls ? { enableTLSForSentinelMode: true, sentinelTLS: tls } : {}),
-      sentinelRetryStrategy: (times: number) => Math.min(100 * 2 ** Math.min(times, 5), 2_000),
-    });
-  }
-  return new Redis(config.url ?? 'redis://127.0.0.1:6379', base);
 }

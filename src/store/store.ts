@@ -1,9 +1,11 @@
 /**
- * The shared token store: what every pod of the fleet can see. The token manager runs one protocol on top of it
- * (read → lock → read again → fetch → write → publish); the memory store makes that protocol trivially
- * uncontended for a single pod, the Redis store makes it fleet-wide.
+ * The shared token store: what every pod of the fleet can see. tokens/acquire.ts runs one protocol on top of it
+ * (read-or-lock → fetch → write → release, waiters woken by events); the memory store makes that protocol trivially
+ * uncontended for a single pod, the Redis store makes it fleet-wide. Every call answers with a value: a failed or
+ * late call is a `StoreOutage`, never a thrown error, so the protocol can say what each means in one place.
  */
-import type { Token } from '../tokens/token.js';
+import type { Stored } from '../core/errors.js';
+import type { Token } from '../core/token.js';
 
 export type StoreEvent =
   /** `token`: the token itself, when the event carried it (the Redis store does; then no read is needed). */
@@ -15,7 +17,7 @@ export type StoreEvent =
 export interface LockHandle {
   /** False once the lease was lost (renewal failed or it expired): the holder may still write, newer-wins protects it. */
   readonly held: boolean;
-  release(): Promise<void>;
+  release(): Promise<Stored<void>>;
 }
 
 export type StoreHealth = 'ok' | 'degraded';
@@ -32,37 +34,43 @@ export interface SharedFailure {
 }
 
 export interface StoreRead {
+  /** Undefined on a miss, and for a value this pod cannot read (then `unreadable` says why). */
   token: Token | undefined;
   failure: SharedFailure | undefined;
+  /**
+   * A value is there but this pod cannot read it: sealed with a key id it does not have (`foreign`, another pod's
+   * newer key during a rollout: left alone, never overwritten) or damaged (`bad`: already cleared).
+   */
+  unreadable?: 'foreign' | 'bad' | undefined;
 }
 
 export interface TokenStore {
   readonly kind: 'memory' | 'redis';
-  /** The shared token for `key`; undefined on a miss or an unreadable value. Rejects with StoreUnavailableError. */
-  get(key: string): Promise<Token | undefined>;
+  /** The shared token for `key`; undefined on a miss or an unreadable value. */
+  get(key: string): Promise<Stored<Token | undefined>>;
   /** The token and any recent shared failure, in one round trip. */
-  read(key: string): Promise<StoreRead>;
+  read(key: string): Promise<Stored<StoreRead>>;
   /** Record a failed refresh until `failure.untilMs`, and wake the pods waiting on it. */
-  putFailure(key: string, failure: SharedFailure): Promise<void>;
+  putFailure(key: string, failure: SharedFailure): Promise<Stored<void>>;
   /** Write unless the store already holds a token issued later ("newer wins"); clears a shared failure; publishes `refreshed`. */
-  put(key: string, token: Token): Promise<void>;
+  put(key: string, token: Token): Promise<Stored<void>>;
   /** Take the refresh lock for `key`, or undefined if another holder has it. The lease is renewed until release. */
-  tryLock(key: string): Promise<LockHandle | undefined>;
+  tryLock(key: string): Promise<Stored<LockHandle | undefined>>;
   /**
    * `read`, and when the store holds neither a token nor a failure marker, `tryLock` in the same atomic step (one
    * round trip on Redis). `lock` is set only if it was taken; with it, nothing can have been written in between.
    */
-  readOrLock(key: string): Promise<StoreRead & { lock: LockHandle | undefined }>;
+  readOrLock(key: string): Promise<Stored<StoreRead & { lock: LockHandle | undefined }>>;
   /**
    * Resolves when an event for `key` arrives or after `timeoutMs`, whichever is first: with the token when the event
    * carried one (a `refreshed` event), else undefined.
    */
   waitForEvent(key: string, timeoutMs: number): Promise<Token | undefined>;
   /** Delete the shared token only if it is still the one with `fingerprint`; publishes `invalidated`. */
-  invalidate(key: string, fingerprint: string): Promise<boolean>;
+  invalidate(key: string, fingerprint: string): Promise<Stored<boolean>>;
   /** Events published by other pods (and this one). */
   onEvent(listener: (event: StoreEvent) => void): void;
-  /** Whether events are being received; when false, the manager reconciles by polling. */
+  /** Whether events are being received; when false, fleet sync reconciles by polling. */
   eventsLive(): boolean;
   health(): StoreHealth;
   /** Resolves true once the store answers, or false after `timeoutMs` (it keeps connecting in the background). */
@@ -70,10 +78,5 @@ export interface TokenStore {
   close(): Promise<void>;
 }
 
-/** A store call that failed or missed its deadline: the caller falls back to a per-pod fetch. */
-export class StoreUnavailableError extends Error {
-  constructor(op: string, cause?: unknown) {
-    super(`store ${op} failed`, cause === undefined ? undefined : { cause });
-    this.name = 'StoreUnavailableError';
-  }
-}
+export const stored = <T>(value: T): Stored<T> => ({ ok: true, value });
+export const STORED_VOID: Stored<void> = { ok: true, value: undefined };

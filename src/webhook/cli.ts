@@ -5,7 +5,7 @@
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { createLogger, type Logger } from '../log.js';
-import { parseInjectSettings, type InjectSettings, type InjectSettingsInput } from './inject.js';
+import { parseInjectSettings, type InjectSettings, type InjectSettingsInput } from './settings.js';
 import { startWebhookServer } from './server.js';
 
 export const WEBHOOK_USAGE = `Usage: token-sidecar webhook [flags]

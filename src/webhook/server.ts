@@ -7,6 +7,8 @@
  * Rules kept here:
  * - Never crash, never hang: every request ends in a response; a malformed review is a 400 with a sentence saying
  *   what is wrong, an oversized body a 413, a bug a 500. The API server then applies the webhook's failurePolicy.
+ * - Every answer that is not an AdmissionReview is a SidecarError sent by `sendError` (http/problem.ts): problem+json
+ *   with the status from the one code table, like the proxy's and the admin API's own errors.
  * - The certificate is re-read when its files change (cert-manager renews it and the kubelet swaps the Secret volume),
  *   without a restart.
  */
@@ -18,7 +20,10 @@ import { X509Certificate } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import { createLogger, type Logger } from '../log.js';
 import { z } from 'zod';
-import { injectPod, type InjectResult, type InjectSettings } from './inject.js';
+import { SidecarError, isSidecarError, toSidecarError } from '../core/errors.js';
+import { sendError } from '../http/problem.js';
+import { injectPod, type InjectResult } from './inject.js';
+import type { InjectSettings } from './settings.js';
 
 /** AdmissionReviews carry one object; real Pods are a few KiB. The API server itself caps requests at 3 MiB. */
 export const DEFAULT_MAX_BODY_BYTES = 1024 * 1024;
@@ -65,7 +70,8 @@ export type AdmissionDecision = InjectResult | { outcome: 'ignored'; why: string
 
 export type AdmissionOutcome =
   | { ok: true; body: AdmissionResponseBody; result: AdmissionDecision; review: AdmissionReview }
-  | { ok: false; status: 400; message: string };
+  /** Not a usable review: a BAD_REQUEST saying what is wrong with it. */
+  | { ok: false; error: SidecarError };
 
 /**
  * Pure: a decoded JSON body -> the AdmissionReview to answer, or why the body is not a usable review.
@@ -81,7 +87,7 @@ export function admissionResponse(body: unknown, settings: InjectSettings): Admi
         return path !== '' && !i.message.includes(path) ? `${path}: ${i.message}` : i.message;
       })
       .join('; ');
-    return { ok: false, status: 400, message: `malformed AdmissionReview: ${details}` };
+    return { ok: false, error: new SidecarError('BAD_REQUEST', `malformed AdmissionReview: ${details}`) };
   }
   const review = parsed.data;
   const { uid } = review.request;
@@ -144,8 +150,6 @@ export interface WebhookServer {
   close(): Promise<void>;
 }
 
-class BodyTooLarge extends Error {}
-
 interface TlsPair {
   cert: Buffer;
   key: Buffer;
@@ -167,11 +171,13 @@ function certificateFacts(cert: Buffer): { subject?: string; validTo?: string } 
   }
 }
 
+/** The whole body; rejects with PAYLOAD_TOO_LARGE past `maxBytes`, or with the stream's own error. */
 function readBody(req: IncomingMessage, maxBytes: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
+    const tooLarge = (): SidecarError => new SidecarError('PAYLOAD_TOO_LARGE', `request body exceeds ${maxBytes} bytes`);
     const declared = Number(req.headers['content-length']);
     if (Number.isFinite(declared) && declared > maxBytes) {
-      reject(new BodyTooLarge());
+      reject(tooLarge());
       return;
     }
     const chunks: Buffer[] = [];
@@ -180,7 +186,7 @@ function readBody(req: IncomingMessage, maxBytes: number): Promise<Buffer> {
       size += chunk.length;
       if (size > maxBytes) {
         req.off('data', onData);
-        reject(new BodyTooLarge());
+        reject(tooLarge());
         return;
       }
       chunks.push(chunk);
@@ -191,16 +197,16 @@ function readBody(req: IncomingMessage, maxBytes: number): Promise<Buffer> {
   });
 }
 
-function send(res: ServerResponse, status: number, body: unknown, extraHeaders: Record<string, string> = {}): void {
+/** A 200: the AdmissionReview (JSON) or the health check's `ok` (text). Errors go through `sendError`. */
+function sendOk(res: ServerResponse, body: AdmissionResponseBody | string): void {
   if (res.headersSent) {
     res.destroy();
     return;
   }
   const text = typeof body === 'string' ? `${body}\n` : JSON.stringify(body);
-  res.writeHead(status, {
+  res.writeHead(200, {
     'content-type': typeof body === 'string' ? 'text/plain; charset=utf-8' : 'application/json',
     'content-length': Buffer.byteLength(text),
-    ...extraHeaders,
   });
   res.end(text);
 }
@@ -217,10 +223,10 @@ export async function startWebhookServer(opts: WebhookServerOptions): Promise<We
     try {
       raw = await readBody(req, maxBodyBytes);
     } catch (err) {
-      if (err instanceof BodyTooLarge) {
+      if (isSidecarError(err)) {
         // Drain what the client is still sending (so it reads our answer instead of a reset), then close.
         req.resume();
-        send(res, 413, { error: `request body exceeds ${maxBodyBytes} bytes` }, { connection: 'close' });
+        sendError(res, err, { connection: 'close' });
         log.warn({ event: 'review.too_large', maxBodyBytes }, 'AdmissionReview too large');
       } else {
         res.destroy();
@@ -232,17 +238,17 @@ export async function startWebhookServer(opts: WebhookServerOptions): Promise<We
       body = JSON.parse(raw.toString('utf8'));
     } catch (err) {
       const message = `malformed AdmissionReview: body is not JSON (${err instanceof Error ? err.message : String(err)})`;
-      send(res, 400, { error: message });
+      sendError(res, new SidecarError('BAD_REQUEST', message));
       log.warn({ event: 'review.malformed' }, message);
       return;
     }
     const outcome = admissionResponse(body, opts.settings);
     if (!outcome.ok) {
-      send(res, outcome.status, { error: outcome.message });
-      log.warn({ event: 'review.malformed' }, outcome.message);
+      sendError(res, outcome.error);
+      log.warn({ event: 'review.malformed' }, outcome.error.message);
       return;
     }
-    send(res, 200, outcome.body);
+    sendOk(res, outcome.body);
     const { request } = outcome.review;
     const { result } = outcome;
     log.info(
@@ -262,21 +268,24 @@ export async function startWebhookServer(opts: WebhookServerOptions): Promise<We
   const server: Server = createServer({ cert: tls.cert, key: tls.key }, (req, res) => {
     const path = (req.url ?? '/').split('?', 1)[0];
     req.on('error', (err) => log.debug({ event: 'request.error', err: err.message }, 'request stream error'));
-    if (path === '/healthz' && (req.method === 'GET' || req.method === 'HEAD')) {
-      send(res, 200, 'ok');
+    if (path === '/healthz') {
+      if (req.method === 'GET' || req.method === 'HEAD') sendOk(res, 'ok');
+      else sendError(res, new SidecarError('METHOD_NOT_ALLOWED', 'the health check is GET /healthz', { allow: 'GET, HEAD' }));
       return;
     }
     if (path !== '/mutate') {
-      send(res, 404, { error: `no such path: ${path ?? ''} (the webhook answers POST /mutate and GET /healthz)` });
+      const detail = `no such path: ${path ?? ''} (the webhook answers POST /mutate and GET /healthz)`;
+      sendError(res, new SidecarError('NOT_FOUND', detail));
       return;
     }
     if (req.method !== 'POST') {
-      send(res, 405, { error: 'POST an AdmissionReview to /mutate' }, { allow: 'POST' });
+      sendError(res, new SidecarError('METHOD_NOT_ALLOWED', 'POST an AdmissionReview to /mutate', { allow: 'POST' }));
       return;
     }
     handleMutate(req, res).catch((err: unknown) => {
       log.error({ event: 'review.error', err }, 'unexpected error answering an AdmissionReview');
-      send(res, 500, { error: 'internal error' });
+      // An unknown failure becomes INTERNAL; its message stays in the log above.
+      sendError(res, toSidecarError(err));
     });
   });
   // Slow or silent clients must not pin sockets: the API server sends a whole review at once, in well under a second.

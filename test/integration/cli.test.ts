@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startEchoVendor } from '../../src/dev/echo-vendor.js';
 import { startFakeIdp, type FakeIdp } from '../../src/dev/fake-idp.js';
-import { fingerprintOf } from '../../src/tokens/token.js';
+import { fingerprintOf } from '../../src/core/token.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const CLI = join(ROOT, 'dist', 'token-sidecar.mjs');

@@ -12,7 +12,7 @@ import { startEchoVendor, type EchoVendor } from '../../src/dev/echo-vendor.js';
 import { startFakeIdp, type FakeIdp } from '../../src/dev/fake-idp.js';
 import { createLogger } from '../../src/log.js';
 import { Sidecar } from '../../src/sidecar.js';
-import { fingerprintOf } from '../../src/tokens/token.js';
+import { fingerprintOf } from '../../src/core/token.js';
 import { startRedis, type RedisServer } from '../helpers/redis.js';
 import { startSidecarProcess, type SidecarProcess } from '../helpers/sidecar-process.js';
 import { waitUntil } from '../helpers/wait.js';
@@ -83,7 +83,11 @@ describe('metrics and admin API (one pod)', () => {
     expect((await call(sidecar.proxyUrl, '/pix/cob/401')).status).toBe(200); // one 401, one refresh, one replay
     expect((await call(sidecar.proxyUrl, '/nowhere')).status).toBe(404);
     idp.setBehavior({ kind: 'status', status: 503, retryAfter: '1' });
-    expect((await call(sidecar.adminUrl, '/v1/routes/pix/refresh', 'POST')).status).toBe(502);
+    // The admin API takes its status from the one code table: TOKEN_UNAVAILABLE is 503 with Retry-After.
+    const refused = await call(sidecar.adminUrl, '/v1/routes/pix/refresh', 'POST');
+    expect(refused.status).toBe(503);
+    expect(refused.headers['retry-after']).toBeDefined();
+    expect(JSON.parse(refused.body)).toMatchObject({ code: 'TOKEN_UNAVAILABLE', route: 'pix' });
     const text = (await call(sidecar.adminUrl, '/metrics')).body;
     const success = idp.calls - before - 1;
     expect(metric(text, 'token_sidecar_token_fetches_total', { route: 'pix', result: 'success' })).toBe(success);

@@ -15,7 +15,7 @@ import { startEchoVendor, vendorBytes, type EchoVendor } from '../../src/dev/ech
 import { startFakeIdp, type FakeIdp } from '../../src/dev/fake-idp.js';
 import { createLogger } from '../../src/log.js';
 import { Sidecar } from '../../src/sidecar.js';
-import { fingerprintOf } from '../../src/tokens/token.js';
+import { fingerprintOf } from '../../src/core/token.js';
 
 const CLIENT_ID = 'proxy-test-client';
 const CLIENT_SECRET = 'Pr0xy-Test-Client-Secret-7781';

@@ -7,7 +7,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vi
 import { Agent, request } from 'undici';
 import { OMIT, startFakeIdp, type FakeIdp } from '../../src/dev/fake-idp.js';
 import { startEchoVendor, type EchoVendor } from '../../src/dev/echo-vendor.js';
-import { fingerprintOf } from '../../src/tokens/token.js';
+import { fingerprintOf } from '../../src/core/token.js';
 import { startRedis, type RedisServer } from '../helpers/redis.js';
 import { startSidecarProcess, writeConfig, type SidecarProcess } from '../helpers/sidecar-process.js';
 import { waitUntil } from '../helpers/wait.js';

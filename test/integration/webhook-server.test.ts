@@ -11,7 +11,7 @@ import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
 import { Agent, request } from 'undici';
 import { pino } from 'pino';
-import { parseInjectSettings } from '../../src/webhook/inject.js';
+import { parseInjectSettings, type InjectSettings } from '../../src/webhook/settings.js';
 import { startWebhookServer, type AdmissionResponseBody, type WebhookServer } from '../../src/webhook/server.js';
 import { webhookCommand } from '../../src/webhook/cli.js';
 
@@ -44,6 +44,33 @@ function fixture(name: string): Record<string, unknown> {
   return JSON.parse(readFileSync(join(fixtureDir, name), 'utf8')) as Record<string, unknown>;
 }
 
+interface Answer {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  json: unknown;
+  text: string;
+}
+
+async function call(url: string, options: Parameters<typeof request>[1]): Promise<Answer> {
+  const res = await request(url, options);
+  const text = await res.body.text();
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = undefined;
+  }
+  return { status: res.statusCode, headers: res.headers, json, text };
+}
+
+/** The webhook's own errors are the shared problem+json (http/problem.ts): matched on the code, never the wording. */
+function expectProblem(res: Answer, status: number, code: string): void {
+  expect(res.status).toBe(status);
+  expect(res.headers['content-type']).toBe('application/problem+json');
+  expect(res.headers['x-token-sidecar-error']).toBe(code);
+  expect(res.json).toMatchObject({ type: `urn:token-sidecar:error:${code}`, status, code });
+}
+
 describe('webhook HTTPS server', () => {
   let workDir: string;
   let certs: Certs;
@@ -51,21 +78,13 @@ describe('webhook HTTPS server', () => {
   let agent: Agent;
   let base: string;
 
-  async function post(body: string | Buffer, path = '/mutate'): Promise<{ status: number; json: unknown; text: string }> {
-    const res = await request(`${base}${path}`, {
+  function post(body: string | Buffer, path = '/mutate'): Promise<Answer> {
+    return call(`${base}${path}`, {
       method: 'POST',
       body,
       headers: { 'content-type': 'application/json' },
       dispatcher: agent,
     });
-    const text = await res.body.text();
-    let json: unknown;
-    try {
-      json = JSON.parse(text);
-    } catch {
-      json = undefined;
-    }
-    return { status: res.statusCode, json, text };
   }
 
   async function review(body: unknown): Promise<AdmissionResponseBody> {
@@ -148,27 +167,25 @@ describe('webhook HTTPS server', () => {
     );
   });
 
-  it('400 with a clear message for malformed reviews, and keeps serving', async () => {
-    const notJson = await post('{"apiVersion": ');
-    expect(notJson.status).toBe(400);
-    expect(notJson.text).toMatch(/body is not JSON/);
-
-    const wrongKind = await post(JSON.stringify({ apiVersion: 'admission.k8s.io/v1', kind: 'Pod', request: {} }));
-    expect(wrongKind.status).toBe(400);
-    expect(wrongKind.text).toMatch(/kind must be AdmissionReview/);
-
-    const noUid = await post(
-      JSON.stringify({ apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', request: { object: {} } }),
+  it('400 BAD_REQUEST problem for malformed reviews, and keeps serving', async () => {
+    expectProblem(await post('{"apiVersion": '), 400, 'BAD_REQUEST');
+    expectProblem(
+      await post(JSON.stringify({ apiVersion: 'admission.k8s.io/v1', kind: 'Pod', request: {} })),
+      400,
+      'BAD_REQUEST',
     );
-    expect(noUid.status).toBe(400);
-    expect(noUid.text).toMatch(/request\.uid is required/);
-
-    const v1beta1 = await post(JSON.stringify({ apiVersion: 'admission.k8s.io/v1beta1', kind: 'AdmissionReview' }));
-    expect(v1beta1.status).toBe(400);
-    expect(v1beta1.text).toMatch(/admission\.k8s\.io\/v1/);
-
+    expectProblem(
+      await post(JSON.stringify({ apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', request: { object: {} } })),
+      400,
+      'BAD_REQUEST',
+    );
+    expectProblem(
+      await post(JSON.stringify({ apiVersion: 'admission.k8s.io/v1beta1', kind: 'AdmissionReview' })),
+      400,
+      'BAD_REQUEST',
+    );
     for (const junk of ['null', '42', '"text"', '[]']) {
-      expect((await post(junk)).status).toBe(400);
+      expectProblem(await post(junk), 400, 'BAD_REQUEST');
     }
     // A pod that is not a pod is a 200 with allowed: true and no patch (the API server rejects it on its own).
     const badPod = await review({
@@ -183,11 +200,11 @@ describe('webhook HTTPS server', () => {
     expect((await health.body.text()).trim()).toBe('ok');
   });
 
-  it('413 for a body over 1 MiB', async () => {
+  it('413 PAYLOAD_TOO_LARGE problem for a body over 1 MiB, and the connection closes', async () => {
     const huge = Buffer.alloc(2 * 1024 * 1024, 0x20);
     const res = await post(huge);
-    expect(res.status).toBe(413);
-    expect(res.text).toMatch(/exceeds 1048576 bytes/);
+    expectProblem(res, 413, 'PAYLOAD_TOO_LARGE');
+    expect(res.headers.connection).toBe('close');
     // ...and the server still answers afterwards.
     expect((await request(`${base}/healthz`, { dispatcher: agent })).statusCode).toBe(200);
   });
@@ -196,18 +213,19 @@ describe('webhook HTTPS server', () => {
     async function* chunks(): AsyncGenerator<Buffer> {
       for (let i = 0; i < 40; i++) yield Buffer.alloc(64 * 1024, 0x20);
     }
-    const res = await request(`${base}/mutate`, { method: 'POST', body: Readable.from(chunks()), dispatcher: agent });
-    expect(res.statusCode).toBe(413);
-    await res.body.dump();
+    const res = await call(`${base}/mutate`, { method: 'POST', body: Readable.from(chunks()), dispatcher: agent });
+    expectProblem(res, 413, 'PAYLOAD_TOO_LARGE');
+    expect(res.headers.connection).toBe('close');
   });
 
-  it('404 and 405 for other paths and methods', async () => {
-    const notFound = await request(`${base}/nope`, { dispatcher: agent });
-    expect(notFound.statusCode).toBe(404);
-    await notFound.body.dump();
-    const wrongMethod = await request(`${base}/mutate`, { dispatcher: agent });
-    expect(wrongMethod.statusCode).toBe(405);
-    await wrongMethod.body.dump();
+  it('404 NOT_FOUND and 405 METHOD_NOT_ALLOWED problems for other paths and methods', async () => {
+    expectProblem(await call(`${base}/nope`, { dispatcher: agent }), 404, 'NOT_FOUND');
+    const wrongMethod = await call(`${base}/mutate`, { dispatcher: agent });
+    expectProblem(wrongMethod, 405, 'METHOD_NOT_ALLOWED');
+    expect(wrongMethod.headers.allow).toBe('POST');
+    const postHealth = await call(`${base}/healthz`, { method: 'POST', body: '{}', dispatcher: agent });
+    expectProblem(postHealth, 405, 'METHOD_NOT_ALLOWED');
+    expect(postHealth.headers.allow).toBe('GET, HEAD');
   });
 
   it('reloads the certificate when its files change (cert-manager rotation)', async () => {
@@ -235,6 +253,43 @@ describe('webhook HTTPS server', () => {
       await oldAgent.close();
     } finally {
       await nextAgent.close();
+    }
+  });
+});
+
+describe('webhook internal failure', () => {
+  it('500 INTERNAL problem, without the failure\'s own message', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'webhook-internal-'));
+    // Settings that throw when read: a bug inside the review, after the body was accepted.
+    const broken = new Proxy(settings, {
+      get: () => {
+        throw new Error('boom: settings unreadable');
+      },
+    }) as InjectSettings;
+    let server: WebhookServer | undefined;
+    let agent: Agent | undefined;
+    try {
+      const certs = await makeCerts(join(dir, 'certs'));
+      server = await startWebhookServer({
+        host: '127.0.0.1',
+        port: 0,
+        certFile: certs.certFile,
+        keyFile: certs.keyFile,
+        settings: broken,
+        logger: silent,
+      });
+      agent = agentFor(certs.ca);
+      const res = await call(`https://127.0.0.1:${server.port}/mutate`, {
+        method: 'POST',
+        body: readFileSync(join(fixtureDir, 'review-deployment-pod.json')),
+        dispatcher: agent,
+      });
+      expectProblem(res, 500, 'INTERNAL');
+      expect(res.text).not.toContain('boom');
+    } finally {
+      await agent?.close();
+      await server?.close();
+      await rm(dir, { recursive: true, force: true });
     }
   });
 });

@@ -1,7 +1,7 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { loadConfigText } from '../../src/config/load.js';
 import type { Route } from '../../src/config/types.js';
-import { SidecarError } from '../../src/errors.js';
+import { SidecarError } from '../../src/core/errors.js';
 import { buildRouteTable, matchRequest, type Match, type RouteTable } from '../../src/proxy/match.js';
 
 /** Routes through the real config path (YAML → schema → Route), with static auth: matching does not need tokens. */

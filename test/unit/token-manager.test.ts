@@ -3,10 +3,11 @@ import { loadConfigText } from '../../src/config/load.js';
 import type { OAuth2Auth, Route } from '../../src/config/types.js';
 import { createLogger } from '../../src/log.js';
 import type { TokenFetcher } from '../../src/oauth/client.js';
-import { TokenEndpointError } from '../../src/oauth/response.js';
+import { TokenEndpointError } from '../../src/core/errors.js';
 import { MemoryStore } from '../../src/store/memory.js';
-import { REJECTED_CACHE_MS, TokenManager, UNAUTHORIZED_REFRESH_INTERVAL_MS } from '../../src/tokens/manager.js';
-import { makeToken, type Token } from '../../src/tokens/token.js';
+import { TokenManager } from '../../src/tokens/manager.js';
+import { REJECTED_CACHE_MS, UNAUTHORIZED_REFRESH_INTERVAL_MS } from '../../src/tokens/policy.js';
+import { makeToken, type Token } from '../../src/core/token.js';
 
 const T0 = 1_800_000_000_000;
 const LIFETIME_MS = 100_000; // refreshAhead 20% with random() = 0: refresh due 20 s before expiry; skew 5 s

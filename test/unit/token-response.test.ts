@@ -4,11 +4,11 @@ import {
   jwtExpiry,
   parseRetryAfterMs,
   parseTokenResponse,
-  TokenEndpointError,
   type ParseContext,
   type TokenHttpResponse,
 } from '../../src/oauth/response.js';
-import { fingerprintOf } from '../../src/tokens/token.js';
+import { fingerprintOf } from '../../src/core/token.js';
+import { TokenEndpointError } from '../../src/core/errors.js';
 
 const NOW = 1_800_000_000_000; // a whole second, so HTTP-dates round-trip exactly
 const SECRET = 'Sup3r-Secret-Value-0xBEEF';

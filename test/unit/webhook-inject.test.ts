@@ -3,16 +3,14 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { applyPatch, type Operation } from 'fast-json-patch';
 import { Pod, type IPod } from 'kubernetes-models/v1';
+import { escapeJsonPointer, injectPod, type InjectResult } from '../../src/webhook/inject.js';
 import {
   ANNOTATIONS,
   SIDECAR_CONTAINER_NAME,
-  escapeJsonPointer,
-  injectPod,
   parseInjectSettings,
   parseQuantity,
-  type InjectResult,
   type InjectSettings,
-} from '../../src/webhook/inject.js';
+} from '../../src/webhook/settings.js';
 import { unknownFieldsOfObject } from '../helpers/kubernetes-fields.js';
 
 const fixtureDir = fileURLToPath(new URL('../fixtures/webhook/', import.meta.url));

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { Secret } from '../config/secret.js';
+import { Secret } from './secret.js';
 
 /** An access token and what we know of its lifetime. Times are on this process's clock. */
 export interface Token {

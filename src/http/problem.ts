@@ -1,7 +1,10 @@
-/** The one place a SidecarError becomes an HTTP answer: RFC 9457 problem+json plus `x-token-sidecar-error`. */
+/**
+ * The one place a SidecarError becomes an HTTP answer, for the proxy, the admin API and the webhook: RFC 9457
+ * problem+json, the status from the code table in core/errors.ts, and `x-token-sidecar-error: CODE`.
+ */
 import type { ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { SidecarError } from '../errors.js';
+import type { SidecarError } from '../core/errors.js';
 
 export function problemBody(err: SidecarError): string {
   return JSON.stringify({
@@ -22,18 +25,21 @@ function problemHeaders(err: SidecarError, body: string): Record<string, string 
     'x-token-sidecar-error': err.code,
   };
   if (err.retryAfterS !== undefined) headers['retry-after'] = Math.max(1, err.retryAfterS);
-  if (err.code === 'TUNNEL_NOT_SUPPORTED') headers['allow'] = 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS';
+  if (err.allow !== undefined) headers['allow'] = err.allow;
   return headers;
 }
 
-/** Answer with the error; if the answer already started, the only honest signal left is to cut the connection. */
-export function sendError(res: ServerResponse, err: SidecarError): void {
+/**
+ * Answer with the error; if the answer already started, the only honest signal left is to cut the connection.
+ * `extraHeaders` go on the answer too (a request id, `connection: close`).
+ */
+export function sendError(res: ServerResponse, err: SidecarError, extraHeaders?: Record<string, string>): void {
   if (res.headersSent) {
     res.destroy(err);
     return;
   }
   const body = problemBody(err);
-  res.writeHead(err.status, problemHeaders(err, body));
+  res.writeHead(err.status, extraHeaders ? { ...problemHeaders(err, body), ...extraHeaders } : problemHeaders(err, body));
   res.end(body);
 }
 

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { Secret } from '../config/secret.js';
+import type { Secret } from './secret.js';
 
 export interface CredentialFields {
   grant: string;
