@@ -8,7 +8,7 @@ import { createLoggers } from './loggers.js';
 import { Sidecar } from '../sidecar.js';
 import { createTokenKeeping, type TokenKeeping } from '../wiring.js';
 import { isSidecarError } from '../core/errors.js';
-import { ConfigWatcher } from '../config/watch.js';
+import { ConfigWatcher, RELOAD_POLL_MS } from '../config/watch.js';
 
 const HELP = `token-sidecar — inject short-lived OAuth2 access tokens into an app's calls to vendor APIs
 
@@ -168,7 +168,7 @@ async function start(file: string): Promise<number> {
     } else {
       log.error({ event: 'config.reload_failed', problems: next.problems }, `${file}: ${next.problems.length} problem(s); still serving the last good config`);
     }
-  });
+  }, RELOAD_POLL_MS, { initial: result });
   await watcher.start();
   return new Promise<number>((resolve) => {
     let stopping = false;

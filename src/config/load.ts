@@ -2,6 +2,7 @@
  * routes.yaml → Config. Every problem (YAML syntax, schema, unset env vars, unreadable files, insecure URLs) is
  * collected with its path and reported together, so one `validate` run shows everything to fix.
  */
+import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { isAbsolute, resolve, dirname } from 'node:path';
 import { LineCounter, parseDocument } from 'yaml';
@@ -12,9 +13,31 @@ import type { Config, RedisStoreConfig, Route, StoreConfig, TlsMaterial } from '
 import { isLoopbackHost } from './units.js';
 import { credentialIdentity } from '../core/credential.js';
 
+/**
+ * What a load read of each file, by path: a digest of the very bytes it parsed, so a watcher that compares the disk
+ * with these sees every change made after the read (re-reading the disk afterwards would miss one made in between).
+ */
+export type FileDigests = ReadonlyMap<string, string>;
+
 export type LoadResult =
-  | { ok: true; config: Config; warnings: string[]; files: string[] }
-  | { ok: false; problems: string[]; files: string[] };
+  | { ok: true; config: Config; warnings: string[]; files: string[]; digests: FileDigests }
+  | { ok: false; problems: string[]; files: string[]; digests: FileDigests };
+
+/** A load that read the same file twice and saw two contents: equal to no digest, so a watcher reloads. */
+export const UNSETTLED_DIGEST = 'unsettled';
+
+export type FileRead = { digest: string; content: Buffer } | { digest: string; content: undefined; code: string };
+
+/** One read of a file, with the digest of exactly those bytes (or of why it could not be read). */
+export async function readFileDigest(file: string): Promise<FileRead> {
+  try {
+    const content = await readFile(file);
+    return { digest: createHash('sha256').update(content).digest('hex'), content };
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'error';
+    return { digest: `missing:${code}`, content: undefined, code };
+  }
+}
 
 export function formatPath(path: readonly PropertyKey[]): string {
   let out = '';
@@ -26,13 +49,37 @@ export function formatPath(path: readonly PropertyKey[]): string {
 }
 
 export async function loadConfigFile(file: string, env: NodeJS.ProcessEnv = process.env): Promise<LoadResult> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (err) {
-    return { ok: false, problems: [`${file}: cannot read (${(err as NodeJS.ErrnoException).code ?? 'error'})`], files: [file] };
+  return (await loadConfigSource(file, env)).result;
+}
+
+/**
+ * loadConfigFile, and the text it loaded ('' if the file could not be read): the watcher keeps the last good one to
+ * re-read it with rotated secrets.
+ */
+export async function loadConfigSource(
+  file: string,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<{ result: LoadResult; text: string }> {
+  const read = await readFileDigest(file);
+  if (read.content === undefined) {
+    const digests = new Map([[file, read.digest]]);
+    return { result: { ok: false, problems: [`${file}: cannot read (${read.code})`], files: [file], digests }, text: '' };
   }
-  return loadConfigText(text, { env, baseDir: dirname(resolve(file)), fileName: file });
+  const text = read.content.toString('utf8');
+  const result = await loadConfigText(text, { env, baseDir: dirname(resolve(file)), fileName: file });
+  return { result: { ...result, digests: mergeDigests(new Map([[file, read.digest]]), result.digests) }, text };
+}
+
+/** Both loads' reads; a file they saw with two contents is UNSETTLED_DIGEST. */
+export function mergeDigests(a: FileDigests, b: FileDigests): Map<string, string> {
+  const merged = new Map(a);
+  for (const [file, digest] of b) noteDigest(merged, file, digest);
+  return merged;
+}
+
+function noteDigest(digests: Map<string, string>, file: string, digest: string): void {
+  const seen = digests.get(file);
+  digests.set(file, seen === undefined || seen === digest ? digest : UNSETTLED_DIGEST);
 }
 
 export async function loadConfigText(
@@ -48,7 +95,7 @@ export async function loadConfigText(
       const pos = e.linePos?.[0] ?? lineCounter.linePos(e.pos[0]);
       return `${fileName}${pos ? `:${pos.line}:${pos.col}` : ''}: ${e.message.split('\n')[0] ?? e.message}`;
     });
-    return { ok: false, problems, files: [] };
+    return { ok: false, problems, files: [], digests: new Map() };
   }
   const js: unknown = doc.toJS();
   const parsed = configSchema.safeParse(js);
@@ -57,12 +104,13 @@ export async function loadConfigText(
     // Report everything in one run: the schema problems, and also the secret references and plain-http URLs of
     // the parts that could be read.
     await checkRawSecrets(js, [], resolver);
-    return { ok: false, problems: [...zodProblems(parsed.error), ...insecureUrls(js), ...resolver.problems], files: [] };
+    const problems = [...zodProblems(parsed.error), ...insecureUrls(js), ...resolver.problems];
+    return { ok: false, problems, files: resolver.files, digests: resolver.digests };
   }
   const config = await build(parsed.data, resolver);
   const problems = [...insecureUrls(js), ...resolver.problems];
-  if (problems.length > 0) return { ok: false, problems, files: resolver.files };
-  return { ok: true, config, warnings: resolver.warnings, files: resolver.files };
+  if (problems.length > 0) return { ok: false, problems, files: resolver.files, digests: resolver.digests };
+  return { ok: true, config, warnings: resolver.warnings, files: resolver.files, digests: resolver.digests };
 }
 
 function zodProblems(error: z.ZodError): string[] {
@@ -115,6 +163,7 @@ class SecretResolver {
   readonly problems: string[] = [];
   readonly warnings: string[] = [];
   readonly files: string[] = [];
+  readonly digests = new Map<string, string>();
 
   constructor(
     private readonly env: NodeJS.ProcessEnv,
@@ -133,15 +182,16 @@ class SecretResolver {
     }
     const file = isAbsolute(ref.fromFile) ? ref.fromFile : resolve(this.baseDir, ref.fromFile);
     this.files.push(file);
-    try {
-      // Secret files made with `echo` end in a newline that is not part of the secret.
-      const value = (await readFile(file, 'utf8')).replace(/\r?\n$/, '');
-      if (value === '') this.problems.push(`${path}: ${ref.fromFile} is empty`);
-      return value;
-    } catch (err) {
-      this.problems.push(`${path}: cannot read ${ref.fromFile} (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
+    const read = await readFileDigest(file);
+    noteDigest(this.digests, file, read.digest);
+    if (read.content === undefined) {
+      this.problems.push(`${path}: cannot read ${ref.fromFile} (${read.code})`);
       return '';
     }
+    // Secret files made with `echo` end in a newline that is not part of the secret.
+    const value = read.content.toString('utf8').replace(/\r?\n$/, '');
+    if (value === '') this.problems.push(`${path}: ${ref.fromFile} is empty`);
+    return value;
   }
 
   async secret(ref: SecretRef, path: string, literalWarning = true): Promise<Secret> {

@@ -235,6 +235,39 @@ describe('encryption', () => {
     expect(ok(await store.get(KEY))?.fingerprint).toBe(got.token.fingerprint);
     manager.close();
   });
+
+  // Defect: a pod deleted every value it could not decrypt, so during a key rollout old pods deleted the new pods'
+  // tokens and every pod refetched, breaking one fetch per fleet.
+  it('a key rollout never deletes another pod\'s token: a value under a key id this pod lacks is left alone', async () => {
+    const [k1, k2] = [{ id: 'k1', key: key32() }, { id: 'k2', key: key32() }];
+    const prefix = config(redis).keyPrefix;
+    const newPod = await open(config(redis, { keyPrefix: prefix, encryptionKeys: [k2, k1] })); // seals with k2
+    const oldPod = await open(config(redis, { keyPrefix: prefix, encryptionKeys: [k1] }));
+    const t = token(`tok-${randomBytes(8).toString('hex')}`);
+    await newPod.put(KEY, t);
+    expect(ok(await oldPod.get(KEY))).toBeUndefined();
+    expect(ok(await oldPod.read(KEY))).toMatchObject({ token: undefined, unreadable: 'foreign' });
+    expect(await redis.command('EXISTS', `${prefix}{${KEY}}:token`)).toBe(1);
+    expect(ok(await newPod.get(KEY))?.fingerprint).toBe(t.fingerprint);
+
+    // The old pod's requests are served by a fetch of its own, which does not overwrite the fleet's token.
+    let fetches = 0;
+    const auth = { type: 'oauth2', identity: KEY, refreshAheadRatio: 0.2 } as unknown as OAuth2Auth;
+    const manager = new TokenManager({ store: oldPod, log, fetcher: { fetchToken: async () => token(`own-${++fetches}`) } });
+    try {
+      manager.setRoutes([{ name: 'r', auth } as never]);
+      const got = await manager.get('r');
+      expect(got).toMatchObject({ source: 'fetched' });
+      expect(fetches).toBe(1);
+      expect(ok(await newPod.get(KEY))?.fingerprint).toBe(t.fingerprint);
+    } finally {
+      manager.close();
+    }
+
+    // The documented order: the new key goes out second (opens, never seals) before it is made first.
+    const rolledOut = await open(config(redis, { keyPrefix: prefix, encryptionKeys: [k1, k2] }));
+    expect(ok(await rolledOut.get(KEY))?.fingerprint).toBe(t.fingerprint);
+  });
 });
 
 describe('the lock', () => {

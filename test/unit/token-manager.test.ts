@@ -1,4 +1,4 @@
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { loadConfigText } from '../../src/config/load.js';
 import type { OAuth2Auth, Route } from '../../src/config/types.js';
 import { createLogger } from '../../src/log.js';
@@ -8,12 +8,13 @@ import { MemoryStore } from '../../src/store/memory.js';
 import { TokenManager } from '../../src/tokens/manager.js';
 import { REJECTED_CACHE_MS, UNAUTHORIZED_REFRESH_INTERVAL_MS } from '../../src/tokens/policy.js';
 import { makeToken, type Token } from '../../src/core/token.js';
+import { ManualClock, settle } from '../helpers/clock.js';
 
 const T0 = 1_800_000_000_000;
 const LIFETIME_MS = 100_000; // refreshAhead 20% with random() = 0: refresh due 20 s before expiry; skew 5 s
 
-/** The manager's clock; timers are faked too, so nothing runs behind the test's back. */
-const clock = { now: T0 };
+/** The manager's clock and timers, handed in: nothing runs behind the test's back. */
+let clock: ManualClock;
 
 class Deferred {
   resolve!: () => void;
@@ -32,7 +33,7 @@ class FakeFetcher implements TokenFetcher {
   async fetchToken(routeName: string, _auth: OAuth2Auth): Promise<Token> {
     this.calls += 1;
     const n = this.calls;
-    const issuedAtMs = clock.now;
+    const issuedAtMs = clock.nowMs;
     if (this.gate) await this.gate.promise;
     const failure = this.failures.shift() ?? this.failAlways?.();
     if (failure) throw failure;
@@ -76,16 +77,16 @@ routes:
 }
 
 beforeEach(async () => {
-  vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval'] });
-  clock.now = T0;
+  clock = new ManualClock(T0);
   routes ??= await loadRoutes();
   fetcher = new FakeFetcher();
   logLines = [];
   manager = new TokenManager({
-    store: new MemoryStore(() => clock.now),
+    store: new MemoryStore(clock.now),
     fetcher,
     log: createLogger({ level: 'debug', destination: { write: (line: string) => void logLines.push(line) } }),
-    now: () => clock.now,
+    now: clock.now,
+    timers: clock,
     random: () => 0,
   });
   manager.setRoutes(routes);
@@ -93,13 +94,7 @@ beforeEach(async () => {
 
 afterEach(() => {
   manager.close();
-  vi.useRealTimers();
 });
-
-/** Let the background refresh (a chain of promise callbacks) settle. */
-async function settle(): Promise<void> {
-  for (let i = 0; i < 20; i++) await Promise.resolve();
-}
 
 async function rejection(p: Promise<unknown>): Promise<TokenEndpointError> {
   try {
@@ -140,12 +135,12 @@ describe('single-flight', () => {
 describe('refresh-ahead', () => {
   it('serves the old token while exactly one background refresh runs, then the new one', async () => {
     const first = (await manager.get('pix')).token;
-    clock.now = T0 + LIFETIME_MS - 20_001; // not yet due
+    clock.nowMs = T0 + LIFETIME_MS - 20_001; // not yet due
     expect(manager.current('pix')).toBe(first);
     await settle();
     expect(fetcher.calls).toBe(1);
 
-    clock.now = T0 + LIFETIME_MS - 19_000; // due: 20 s before expiry
+    clock.nowMs = T0 + LIFETIME_MS - 19_000; // due: 20 s before expiry
     fetcher.gate = new Deferred();
     for (let i = 0; i < 50; i++) {
       expect(manager.current('pix')).toBe(first);
@@ -163,18 +158,18 @@ describe('refresh-ahead', () => {
 
   it('a failed refresh keeps serving the still-valid token and retries only after the backoff', async () => {
     const first = (await manager.get('pix')).token;
-    clock.now = T0 + LIFETIME_MS - 19_000;
+    clock.nowMs = T0 + LIFETIME_MS - 19_000;
     fetcher.failAlways = () => unavailable();
     expect(manager.current('pix')).toBe(first);
     await settle();
     expect(fetcher.calls).toBe(2);
     expect(manager.state('pix')?.consecutiveFailures).toBe(1);
     // Backoff after one failure: 1 s × (0.5 + 0.5 × random()) = 500 ms.
-    clock.now += 499;
+    clock.nowMs += 499;
     expect((await manager.get('pix')).token).toBe(first);
     await settle();
     expect(fetcher.calls).toBe(2);
-    clock.now += 1;
+    clock.nowMs += 1;
     expect((await manager.get('pix')).token).toBe(first);
     await settle();
     expect(fetcher.calls).toBe(3);
@@ -184,15 +179,15 @@ describe('refresh-ahead', () => {
   it('never returns an expired token: it stops being served expiry-skew before expiresAt', async () => {
     const first = (await manager.get('pix')).token;
     fetcher.failAlways = () => unavailable();
-    clock.now = first.expiresAtMs - 5_001;
+    clock.nowMs = first.expiresAtMs - 5_001;
     expect(manager.current('pix')).toBe(first);
     await settle();
-    clock.now = first.expiresAtMs - 5_000;
+    clock.nowMs = first.expiresAtMs - 5_000;
     expect(manager.current('pix')).toBeUndefined();
     const err = await rejection(manager.get('pix'));
     expect(err.code).toBe('TOKEN_UNAVAILABLE');
     expect(err.retryAfterS).toBeGreaterThanOrEqual(1);
-    clock.now = first.expiresAtMs + 60_000;
+    clock.nowMs = first.expiresAtMs + 60_000;
     expect(manager.current('pix')).toBeUndefined();
     const late = await manager.get('pix').then((r) => r.token, (e: unknown) => e);
     expect(late).not.toBe(first);
@@ -209,14 +204,14 @@ describe('backoff', () => {
     expect(err.retryAfterS).toBe(7);
     expect(fetcher.calls).toBe(1);
 
-    clock.now = T0 + 6_999;
+    clock.nowMs = T0 + 6_999;
     const waiting = await rejection(manager.get('pix'));
     expect(waiting.code).toBe('TOKEN_UNAVAILABLE');
     expect(waiting.retryAfterMs).toBe(1);
     expect(waiting.retryAfterS).toBe(1);
     expect(fetcher.calls).toBe(1);
 
-    clock.now = T0 + 7_000;
+    clock.nowMs = T0 + 7_000;
     expect((await manager.get('pix')).source).toBe('fetched');
     expect(fetcher.calls).toBe(2);
     expect(manager.state('pix')?.consecutiveFailures).toBe(0);
@@ -230,10 +225,10 @@ describe('backoff', () => {
       delays.push(err.retryAfterMs ?? -1);
       expect(fetcher.calls).toBe(i + 1);
       // Inside the window: no fetch.
-      clock.now += (err.retryAfterMs ?? 0) - 1;
+      clock.nowMs += (err.retryAfterMs ?? 0) - 1;
       await rejection(manager.get('pix'));
       expect(fetcher.calls).toBe(i + 1);
-      clock.now += 1;
+      clock.nowMs += 1;
     }
     expect(delays).toEqual([500, 1_000, 2_000, 4_000]);
   });
@@ -245,12 +240,12 @@ describe('backoff', () => {
     expect(err.kind).toBe('rejected');
     expect(err.retryAfterS).toBe(REJECTED_CACHE_MS / 1000);
     for (const at of [1, 10_000, REJECTED_CACHE_MS - 1]) {
-      clock.now = T0 + at;
+      clock.nowMs = T0 + at;
       const again = await rejection(manager.get('pix'));
       expect(again.code).toBe('TOKEN_REJECTED');
     }
     expect(fetcher.calls).toBe(1);
-    clock.now = T0 + REJECTED_CACHE_MS;
+    clock.nowMs = T0 + REJECTED_CACHE_MS;
     expect((await manager.get('pix')).source).toBe('fetched');
     expect(fetcher.calls).toBe(2);
   });
@@ -259,7 +254,7 @@ describe('backoff', () => {
 describe('afterUnauthorized', () => {
   it('a 401 for an old fingerprint does not drop the current token', async () => {
     const first = (await manager.get('pix')).token;
-    clock.now += 1_000;
+    clock.nowMs += 1_000;
     const second = (await manager.refresh('pix')).token;
     expect(second.fingerprint).not.toBe(first.fingerprint);
     expect(fetcher.calls).toBe(2);
@@ -272,7 +267,7 @@ describe('afterUnauthorized', () => {
 
   it('a 401 for the current token fetches a different one for the replay', async () => {
     const first = (await manager.get('pix')).token;
-    clock.now += 1_000;
+    clock.nowMs += 1_000;
     const fresh = await manager.afterUnauthorized('pix', first.fingerprint);
     expect(fresh).toBeDefined();
     expect(fresh?.fingerprint).not.toBe(first.fingerprint);
@@ -298,7 +293,7 @@ describe('afterUnauthorized', () => {
     expect(second).toBeDefined();
     expect(fetcher.calls).toBe(2);
     // The vendor refuses the fresh one too: no second forced refresh inside the interval, no replay.
-    clock.now += UNAUTHORIZED_REFRESH_INTERVAL_MS - 1;
+    clock.nowMs += UNAUTHORIZED_REFRESH_INTERVAL_MS - 1;
     expect(await manager.afterUnauthorized('pix', second?.fingerprint ?? '')).toBeUndefined();
     expect(fetcher.calls).toBe(2);
   });
@@ -318,7 +313,7 @@ describe('afterUnauthorized', () => {
     for (let i = 0; i < 20; i++) {
       const { token } = await manager.get('pix');
       await manager.afterUnauthorized('pix', token.fingerprint);
-      clock.now += 100; // 20 requests within 2 s < UNAUTHORIZED_REFRESH_INTERVAL_MS
+      clock.nowMs += 100; // 20 requests within 2 s < UNAUTHORIZED_REFRESH_INTERVAL_MS
     }
     // One cold fetch plus one forced by the first 401.
     expect(fetcher.calls).toBeLessThanOrEqual(2);
@@ -338,5 +333,108 @@ describe('logs', () => {
       for (const line of logLines) expect(line).not.toContain(issued.value.reveal());
     }
     for (const line of logLines) expect(line).not.toContain('pix-secret');
+  });
+});
+
+/** Routes from a YAML list of route entries (credentials of each given as `client: NAME`). */
+async function routesOf(entries: { name: string; client: string; warm?: boolean }[]): Promise<Route[]> {
+  const loaded = await loadConfigText(`version: 1
+routes:
+${entries
+  .map(
+    (e) => `  - name: ${e.name}
+    match: { pathPrefix: /${e.name} }
+    upstream: https://api.vendor.example/v2
+    warm: ${e.warm ?? false}
+    auth:
+      type: oauth2
+      tokenUrl: https://auth.vendor.example/oauth/token
+      clientId: ${e.client}
+      clientSecret: ${e.client}-secret
+      refreshAhead: 20%
+`,
+  )
+  .join('')}`);
+  if (!loaded.ok) throw new Error(loaded.problems.join('\n'));
+  return loaded.config.routes;
+}
+
+describe('reload', () => {
+  // Defect: `entry.warm ||= route.warm` kept a route warm until restart after a reload turned warm off.
+  it('a reload that turns warm off stops readiness waiting on the route and stops its retries', async () => {
+    manager.setRoutes(await routesOf([{ name: 'pix', client: 'pix-client', warm: true }]));
+    fetcher.failAlways = () => unavailable();
+    await manager.warmUp();
+    expect(manager.warmRoutesReady()).toBe(false);
+    expect(fetcher.calls).toBe(1);
+    manager.setRoutes(await routesOf([{ name: 'pix', client: 'pix-client', warm: false }]));
+    expect(manager.warmRoutesReady()).toBe(true);
+    await clock.advance(60_000); // a warm route would retry in the background by now
+    expect(fetcher.calls).toBe(1);
+  });
+
+  it('a warm route without a token keeps retrying in the background, so readiness recovers without traffic', async () => {
+    manager.setRoutes(await routesOf([{ name: 'pix', client: 'pix-client', warm: true }]));
+    fetcher.failures.push(unavailable());
+    await manager.warmUp();
+    expect(manager.warmRoutesReady()).toBe(false);
+    await clock.advance(1_000); // backoff after one failure: 500 ms with random() = 0
+    expect(fetcher.calls).toBe(2);
+    expect(manager.warmRoutesReady()).toBe(true);
+  });
+});
+
+describe('refresh schedule', () => {
+  it('a used credential refreshes ahead of expiry in the background; an idle one lapses and says so once', async () => {
+    const first = (await manager.get('pix')).token;
+    await clock.advance(LIFETIME_MS - 20_000); // used since its install: refreshed at the refresh point
+    expect(fetcher.calls).toBe(2);
+    const second = manager.state('pix')?.fingerprint;
+    expect(second).not.toBe(first.fingerprint);
+    await clock.advance(LIFETIME_MS); // not used since: no refresh, the token runs out
+    expect(fetcher.calls).toBe(2);
+    expect(manager.current('pix')).toBeUndefined();
+    expect(logLines.filter((l) => l.includes('"event":"token.expired_unused"'))).toHaveLength(1);
+  });
+});
+
+describe('routes that share a credential', () => {
+  // Defect: the shared entry was labelled with whichever route registered it last, so traffic on pix showed up as
+  // pix-b in token.fetched and token_fetches_total.
+  it('share one token; events and fetch metrics name the route that asked, and the credential', async () => {
+    const fetches: string[] = [];
+    const observed = new TokenManager({
+      store: new MemoryStore(clock.now),
+      fetcher,
+      log: createLogger({ level: 'debug', destination: { write: (line: string) => void logLines.push(line) } }),
+      now: clock.now,
+      timers: clock,
+      random: () => 0,
+      observer: { fetched: (route) => fetches.push(route) },
+    });
+    try {
+      const shared = await routesOf([
+        { name: 'pix', client: 'pix-client' },
+        { name: 'pix-b', client: 'pix-client' },
+        { name: 'kyc', client: 'kyc-client' },
+      ]);
+      observed.setRoutes(shared);
+      const a = await observed.get('pix');
+      expect((await observed.get('pix-b')).token).toBe(a.token);
+      expect(fetcher.calls).toBe(1);
+      expect(fetches).toEqual(['pix']);
+      const fetched = logLines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l['event'] === 'token.fetched');
+      expect(fetched).toHaveLength(1);
+      const identity = shared[0]?.auth.type === 'oauth2' ? shared[0].auth.identity : '';
+      expect(fetched[0]).toMatchObject({ route: 'pix', credential: identity.slice(0, 12), routes: ['pix', 'pix-b'] });
+      expect(observed.state('pix-b')).toMatchObject({ route: 'pix-b', credential: identity.slice(0, 12), fingerprint: a.token.fingerprint });
+      // A failure told to another route sharing the credential names that route.
+      fetcher.failures.push(rejected());
+      await observed.revoke('pix');
+      const err = await rejection(observed.get('pix-b'));
+      expect(err.route).toBe('pix-b');
+    } finally {
+      observed.close();
+    }
   });
 });
