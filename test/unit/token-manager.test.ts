@@ -5,7 +5,7 @@ import { createLogger } from '../../src/log.js';
 import type { TokenFetcher } from '../../src/oauth/client.js';
 import { TokenEndpointError } from '../../src/core/errors.js';
 import { MemoryStore } from '../../src/store/memory.js';
-import { TokenManager } from '../../src/tokens/manager.js';
+import { TokenManager, type TokenObserver } from '../../src/tokens/manager.js';
 import { REJECTED_CACHE_MS, UNAUTHORIZED_REFRESH_INTERVAL_MS } from '../../src/tokens/policy.js';
 import { makeToken, type Token } from '../../src/core/token.js';
 import { ManualClock, settle } from '../helpers/clock.js';
@@ -81,16 +81,22 @@ beforeEach(async () => {
   routes ??= await loadRoutes();
   fetcher = new FakeFetcher();
   logLines = [];
-  manager = new TokenManager({
+  manager = newManager();
+  manager.setRoutes(routes);
+});
+
+/** A manager on the test's clock, store, fetcher and log lines. */
+function newManager(observer?: TokenObserver): TokenManager {
+  return new TokenManager({
     store: new MemoryStore(clock.now),
     fetcher,
     log: createLogger({ level: 'debug', destination: { write: (line: string) => void logLines.push(line) } }),
     now: clock.now,
     timers: clock,
     random: () => 0,
+    ...(observer ? { observer } : {}),
   });
-  manager.setRoutes(routes);
-});
+}
 
 afterEach(() => {
   manager.close();
@@ -403,15 +409,7 @@ describe('routes that share a credential', () => {
   // pix-b in token.fetched and token_fetches_total.
   it('share one token; events and fetch metrics name the route that asked, and the credential', async () => {
     const fetches: string[] = [];
-    const observed = new TokenManager({
-      store: new MemoryStore(clock.now),
-      fetcher,
-      log: createLogger({ level: 'debug', destination: { write: (line: string) => void logLines.push(line) } }),
-      now: clock.now,
-      timers: clock,
-      random: () => 0,
-      observer: { fetched: (route) => fetches.push(route) },
-    });
+    const observed = newManager({ fetched: (route) => fetches.push(route) });
     try {
       const shared = await routesOf([
         { name: 'pix', client: 'pix-client' },
