@@ -11,6 +11,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startEchoVendor } from '../../src/dev/echo-vendor.js';
 import { startFakeIdp, type FakeIdp } from '../../src/dev/fake-idp.js';
 import { fingerprintOf } from '../../src/core/token.js';
+import { loadConfigText } from '../../src/config/load.js';
+import { startRedis } from '../helpers/redis.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const CLI = join(ROOT, 'dist', 'token-sidecar.mjs');
@@ -204,6 +206,42 @@ routes:
     expect(meta['expiresInS']).toBeGreaterThan(3_500);
     expect(`${stdout}${stderr}`).not.toContain(token);
     expect(`${stdout}${stderr}`).not.toContain(SECRET);
+  });
+
+  it('token ROUTE honours store.redis.lockWaitTimeout: another pod holding the lock costs 300 ms, not the 15 s default', async () => {
+    const redis = await startRedis();
+    cleanups.push(() => redis.stop());
+    const idp = await idpWith();
+    const text = oauthConfig(idp, 'http://127.0.0.1:9/v2').replace(
+      'routes:\n',
+      `store:\n  type: redis\n  redis: { url: "${redis.url}", lockWaitTimeout: 300ms }\nroutes:\n`,
+    );
+    const file = await configFile('token-lock.yaml', text);
+    // The route's lock key as the sidecar names it (default keyPrefix), from the same config and environment.
+    const loaded = await loadConfigText(text, { env: childEnv(undefined) });
+    if (!loaded.ok) throw new Error(loaded.problems.join('\n'));
+    const auth = loaded.config.routes[0]?.auth;
+    if (auth?.type !== 'oauth2') throw new Error('expected an oauth2 route');
+    expect(loaded.config.store).toMatchObject({ type: 'redis', lockWaitTimeoutMs: 300 });
+    const lockKey = `token-sidecar:{${auth.identity}}:lock`;
+    // Another pod is refreshing this token (and never finishes in time).
+    expect(await redis.command('SET', lockKey, 'someone-else', 'PX', 20_000)).toBe('OK');
+
+    const started = Date.now();
+    const { code, stdout, stderr } = await run(['token', 'pix', '--config', file], 10_000);
+    const elapsedMs = Date.now() - started;
+    expect(elapsedMs, `token ROUTE took ${elapsedMs} ms (exit ${String(code)})\n${stderr}`).toBeLessThan(5_000);
+    expect(code, stderr).toBe(0);
+    // It waited out the configured 300 ms for the other pod (so the lock was seen), then fetched the token itself.
+    const events = stderr
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(events.some((e) => e['event'] === 'lock.wait_timeout' && e['route'] === 'pix'), stderr).toBe(true);
+    expect(idp.calls).toBe(1);
+    expect(JSON.parse(stdout)).toMatchObject({ route: 'pix', source: 'fetched', fingerprint: fingerprintOf(idp.issued[0] ?? '') });
+    // The other pod's lock was left alone.
+    expect(await redis.command('GET', lockKey)).toBe('someone-else');
   });
 
   it('token ROUTE fails clearly: unknown route → 1, refused credentials → 2', async () => {

@@ -62,6 +62,17 @@ async function call(base: string, path: string, method = 'GET'): Promise<{ statu
   return { status: res.statusCode, body: await res.body.text(), headers: res.headers };
 }
 
+/** An RFC 9457 answer with its status from the one code table, named by `x-token-sidecar-error`. */
+function expectProblem(answer: { status: number; body: string; headers: Record<string, unknown> }, code: string, status: number): Record<string, unknown> {
+  expect({ status: answer.status, code: answer.headers['x-token-sidecar-error'] }, answer.body).toEqual({ status, code });
+  expect(answer.headers['content-type']).toBe('application/problem+json');
+  const body = JSON.parse(answer.body) as Record<string, unknown>;
+  expect(body).toMatchObject({ type: `urn:token-sidecar:error:${code}`, status, code });
+  expect(typeof body['title']).toBe('string');
+  expect(typeof body['detail']).toBe('string');
+  return body;
+}
+
 /** `name{labels} value` → value, from Prometheus text. */
 function metric(text: string, name: string, labels: Record<string, string> = {}): number {
   const want = Object.entries(labels).map(([k, v]) => `${k}="${v}"`);
@@ -85,9 +96,8 @@ describe('metrics and admin API (one pod)', () => {
     idp.setBehavior({ kind: 'status', status: 503, retryAfter: '1' });
     // The admin API takes its status from the one code table: TOKEN_UNAVAILABLE is 503 with Retry-After.
     const refused = await call(sidecar.adminUrl, '/v1/routes/pix/refresh', 'POST');
-    expect(refused.status).toBe(503);
-    expect(refused.headers['retry-after']).toBeDefined();
-    expect(JSON.parse(refused.body)).toMatchObject({ code: 'TOKEN_UNAVAILABLE', route: 'pix' });
+    expect(expectProblem(refused, 'TOKEN_UNAVAILABLE', 503)).toMatchObject({ route: 'pix' });
+    expect(Number(refused.headers['retry-after'])).toBeGreaterThanOrEqual(1);
     const text = (await call(sidecar.adminUrl, '/metrics')).body;
     const success = idp.calls - before - 1;
     expect(metric(text, 'token_sidecar_token_fetches_total', { route: 'pix', result: 'success' })).toBe(success);
@@ -127,6 +137,36 @@ describe('metrics and admin API (one pod)', () => {
     expect(revoked.fingerprint).toBe(refreshed.fingerprint);
     expect((await call(sidecar.proxyUrl, '/pix/y')).status).toBe(200);
     expect(idp.calls).toBe(calls + 2);
+  });
+
+  it('admin API failures are problem+json with the status of the one code table', async () => {
+    // pix works, refused has the wrong secret (the endpoint answers invalid_client), key is a static credential.
+    const routes = `${routeYaml()}${routeYaml({ name: 'refused', secret: `${SECRET}-wrong` }).replace('pathPrefix: /pix', 'pathPrefix: /refused')}
+  - name: key
+    match: { pathPrefix: /key }
+    upstream: ${vendor.url}/v2
+    auth: { type: static, value: static-key-value }`;
+    const sidecar = await inProcess(routes, []);
+    const admin = sidecar.adminUrl;
+
+    expect(expectProblem(await call(admin, '/v1/routes/refused/refresh', 'POST'), 'TOKEN_REJECTED', 502)).toMatchObject({ route: 'refused' });
+    expectProblem(await call(admin, '/v1/routes/nope/refresh', 'POST'), 'ROUTE_NOT_FOUND', 404);
+    expectProblem(await call(admin, '/v1/routes/nope/token', 'DELETE'), 'ROUTE_NOT_FOUND', 404);
+    const wrongMethod = await call(admin, '/v1/routes/pix/refresh', 'GET');
+    expectProblem(wrongMethod, 'METHOD_NOT_ALLOWED', 405);
+    expect(wrongMethod.headers['allow']).toBe('POST');
+    const wrongRevoke = await call(admin, '/v1/routes/pix/token', 'POST');
+    expectProblem(wrongRevoke, 'METHOD_NOT_ALLOWED', 405);
+    expect(wrongRevoke.headers['allow']).toBe('DELETE');
+    expect(expectProblem(await call(admin, '/v1/routes/key/refresh', 'POST'), 'STATIC_CREDENTIAL', 409)).toMatchObject({ route: 'key' });
+    expectProblem(await call(admin, '/v1/routes/key/token', 'DELETE'), 'STATIC_CREDENTIAL', 409);
+    expectProblem(await call(admin, '/v1/nope'), 'NOT_FOUND', 404);
+    expectProblem(await call(admin, '/v1/routes/pix/refresh/extra', 'POST'), 'NOT_FOUND', 404);
+    // The working route still refreshes: 200 with JSON, not a problem.
+    const ok = await call(admin, '/v1/routes/pix/refresh', 'POST');
+    expect(ok.status).toBe(200);
+    expect(ok.headers['x-token-sidecar-error']).toBeUndefined();
+    expect(JSON.parse(ok.body)).toMatchObject({ route: 'pix', action: 'refreshed' });
   });
 
   it('x-request-id is propagated (or made and returned); W3C traceparent passes through untouched', async () => {

@@ -25,6 +25,20 @@ const logLines: string[] = [];
 const issuedTokens: string[] = [];
 const cleanups: Array<() => Promise<unknown>> = [];
 
+/** A vendor of the test's own (closed after the test): its port. */
+async function ownUpstream(handler: http.RequestListener): Promise<number> {
+  const upstream = http.createServer(handler);
+  await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
+  cleanups.push(
+    () =>
+      new Promise<void>((resolve) => {
+        upstream.closeAllConnections();
+        upstream.close(() => resolve());
+      }),
+  );
+  return (upstream.address() as AddressInfo).port;
+}
+
 let client: Agent;
 beforeEach(() => {
   client = new Agent({ connections: 256 });
@@ -597,13 +611,11 @@ describe('routing', () => {
 describe('connections', () => {
   it('routes to one upstream with the same settings share its keep-alive connections; other settings get their own', async () => {
     const seen: number[] = [];
-    const upstream = http.createServer((req, res) => {
+    const upstreamPort = await ownUpstream((req, res) => {
       seen.push(req.socket.remotePort ?? 0);
       res.end('ok');
     });
-    await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
-    cleanups.push(() => new Promise<void>((resolve) => (upstream.closeAllConnections(), upstream.close(() => resolve()))));
-    const origin = `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`;
+    const origin = `http://127.0.0.1:${upstreamPort}`;
     const route = (name: string, over: Json = {}): Json => ({ name, match: { pathPrefix: `/${name}` }, upstream: origin, auth: { type: 'static', value: `key-${name}` }, ...over });
     const { base } = await sidecarWith([route('a'), route('b'), route('c', { timeouts: { response: '5s' } })]);
     for (const path of ['/a/1', '/b/1', '/a/2', '/b/2', '/c/1']) expect((await send(`${base}${path}`)).status).toBe(200);
@@ -630,6 +642,34 @@ describe('upstream failures', () => {
     expect(vendor.count).toBe(1);
   });
 
+  it('a body that stalls past timeouts.idle → 504 UPSTREAM_TIMEOUT saying the vendor stopped sending, not that it did not answer', async () => {
+    // A vendor that sends a 401's status, headers and a first chunk, then never ends: the sidecar holds a 401 back
+    // for a replay (token injected, no body), so the timeout's detail still reaches the app.
+    let received = 0;
+    const upstreamPort = await ownUpstream((req, res) => {
+      received++;
+      req.resume();
+      res.writeHead(401, { 'www-authenticate': 'Bearer error="invalid_token"', 'content-type': 'application/json' });
+      res.write('{"error":');
+    });
+    const idp = await idpWith();
+    const { base } = await sidecarWith([
+      oauthRoute(idp, `http://127.0.0.1:${upstreamPort}/v2`, { route: { timeouts: { response: '10s', idle: '300ms' } } }),
+    ]);
+    const started = Date.now();
+    const res = await send(`${base}/pix/cob/1`);
+    const elapsedMs = Date.now() - started;
+    const body = expectProblem(res, 'UPSTREAM_TIMEOUT', 504);
+    const detail = String(body['detail']);
+    expect(detail).toMatch(/stopped sending/);
+    expect(detail).toMatch(/\b300 ms\b/);
+    expect(detail).not.toMatch(/did not answer/);
+    expect(body['route']).toBe('pix');
+    // The idle timeout (300 ms) ended it, well before the response timeout (10 s).
+    expect(elapsedMs).toBeLessThan(3_000);
+    expect(received).toBe(1);
+  });
+
   it('an app that gives up while its request waits for a token: nothing is sent to the vendor, the log says CLIENT_CLOSED', async () => {
     const { idp, vendor, port, lines } = await stack();
     idp.setDelay(400);
@@ -647,7 +687,7 @@ describe('upstream failures', () => {
     // A vendor that reports when its request's connection closes (the echo vendor does not expose that).
     let slowReceived = 0;
     let closedEarlyAt: number | undefined;
-    const upstream = http.createServer((req, res) => {
+    const upstreamPort = await ownUpstream((req, res) => {
       if (!req.url?.includes('__slow')) {
         res.end('fast');
         return;
@@ -659,16 +699,8 @@ describe('upstream failures', () => {
         if (!res.writableFinished) closedEarlyAt = Date.now();
       });
     });
-    await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
-    cleanups.push(
-      () =>
-        new Promise<void>((resolve) => {
-          upstream.closeAllConnections();
-          upstream.close(() => resolve());
-        }),
-    );
     const idp = await idpWith();
-    const { base, port, lines } = await sidecarWith([oauthRoute(idp, `http://127.0.0.1:${(upstream.address() as AddressInfo).port}/v2`)]);
+    const { base, port, lines } = await sidecarWith([oauthRoute(idp, `http://127.0.0.1:${upstreamPort}/v2`)]);
     expect((await send(`${base}/pix/warm`)).status).toBe(200); // the token is cached: the slow call goes straight out
 
     const controller = new AbortController();
