@@ -47,7 +47,7 @@ export interface UpstreamExchange {
  */
 class UpstreamReader implements UpstreamExchange {
   #abort: ((err?: Error) => void) | undefined;
-  #resume: () => void = () => undefined;
+  #resume: () => void = noop;
   #cancelled = false;
 
   constructor(
@@ -151,6 +151,7 @@ function poolKey(route: Route): string {
   return JSON.stringify([route.upstreamOrigin, route.timeouts, tls?.ca, tls?.cert, tls?.key?.reveal(), tls?.servername]);
 }
 
+const noop = (): void => undefined;
 const clientClosed = (route: Route) => new SidecarError('CLIENT_CLOSED', 'request cancelled by the client', { route: route.name });
 
 function upstreamError(err: unknown, route: Route): SidecarError {

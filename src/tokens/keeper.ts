@@ -186,6 +186,12 @@ export class Keeper {
       lookedUp: (hit) => audit.observer.lookup?.(route, 'store', hit),
       outage: (o) => this.#storeTrouble(o),
     });
+    return this.#outcome(got, route);
+  }
+
+  /** What each outcome of the protocol means for this pod's state and for the request that waits. */
+  #outcome(got: Acquired, route: string): TokenResult | Promise<TokenResult> {
+    const { nowMs, audit } = this.deps;
     switch (got.via) {
       case 'store':
         if (got.waitedMs !== undefined) audit.observer.lockWait?.(route, got.waitedMs);
@@ -195,26 +201,28 @@ export class Keeper {
         void got.shared.then((ok) => ok && this.markShared(got.token.fingerprint));
         return result;
       }
-      case 'backoff': {
+      case 'backoff':
         this.#state = policy.sharedFailureSeen(this.#state, got.failure, nowMs());
         this.#reschedule();
         throw new TokenEndpointError(got.failure.kind, got.failure.message, { route, retryAfterMs: got.failure.untilMs - nowMs() });
-      }
       case 'failed':
         throw got.error;
-      case 'alone': {
-        // The fleet cannot coordinate this refresh: correctness does not depend on it, this pod fetches (still
-        // single-flight here).
-        if (got.why === 'lock_wait_timeout') {
-          this.deps.log.warn({ event: 'lock.wait_timeout', route, credential: this.#name.credential, lockWaitTimeoutMs: this.deps.lockWaitTimeoutMs }, "gave up waiting for another pod's refresh; fetching here");
-        } else if (got.why === 'foreign_key') {
-          this.deps.log.warn({ event: 'store.foreign_key', route, credential: this.#name.credential }, 'the shared token is sealed with an encryption key this pod does not have; fetching for this pod only (roll a new key out as a second key first)');
-        } else this.#storeTrouble(got.why);
-        const fetched = await this.#fetch(route);
-        if (!fetched.ok) throw fetched.error;
-        return this.#install(fetched.token, 'fetched', route, fetched.durationMs);
-      }
+      case 'alone':
+        return this.#fetchAlone(got.why, route);
     }
+  }
+
+  /** The fleet cannot coordinate this refresh: correctness does not depend on it, this pod fetches (still single-flight). */
+  async #fetchAlone(why: StoreOutage | 'lock_wait_timeout' | 'foreign_key', route: string): Promise<TokenResult> {
+    const names = { route, credential: this.#name.credential };
+    if (why === 'lock_wait_timeout') {
+      this.deps.log.warn({ event: 'lock.wait_timeout', ...names, lockWaitTimeoutMs: this.deps.lockWaitTimeoutMs }, "gave up waiting for another pod's refresh; fetching here");
+    } else if (why === 'foreign_key') {
+      this.deps.log.warn({ event: 'store.foreign_key', ...names }, 'the shared token is sealed with an encryption key this pod does not have; fetching for this pod only (roll a new key out as a second key first)');
+    } else this.#storeTrouble(why);
+    const fetched = await this.#fetch(route);
+    if (!fetched.ok) throw fetched.error;
+    return this.#install(fetched.token, 'fetched', route, fetched.durationMs);
   }
 
   /** One token request, as a value: the failure is recorded (backoff) and told here. */
