@@ -39,6 +39,7 @@ export class Metrics {
   readonly #refresh = new Histogram({ name: `${P}token_refresh_duration_seconds`, help: 'Duration of token endpoint calls', labelNames: ['route'] as const, buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30], registers: [this.registry] });
   readonly #lockWait = new Histogram({ name: `${P}lock_wait_seconds`, help: "Time a pod waited for another pod's refresh", labelNames: ['route'] as const, buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15], registers: [this.registry] });
   readonly #unauthorized = new Counter({ name: `${P}upstream_unauthorized_total`, help: 'Vendor 401 answers, by whether the request was replayed', labelNames: ['route', 'replayed'] as const, registers: [this.registry] });
+  readonly #fallbacks = new Counter({ name: `${P}store_fallback_fetches_total`, help: 'Token calls this pod made alone because the fleet could not coordinate them, by reason (down, timeout, error, lock_wait_timeout, foreign_key)', labelNames: ['route', 'reason'] as const, registers: [this.registry] });
   readonly #storeErrors = new Counter({ name: `${P}store_errors_total`, help: 'Failed or skipped store calls, and unreadable values, by operation', labelNames: ['op'] as const, registers: [this.registry] });
 
   constructor(source: ExpirySource, opts: { defaultMetrics?: boolean } = {}) {
@@ -115,6 +116,7 @@ export class Metrics {
       this.#lookupCounts.set(key, (this.#lookupCounts.get(key) ?? 0) + 1);
     },
     lockWait: (route, durationMs) => this.#lockWait.labels(route).observe(durationMs / 1000),
+    fallback: (route, reason) => this.#fallbacks.labels(route, reason).inc(),
   };
 
   readonly store: RedisStoreObserver = {

@@ -299,6 +299,7 @@ async function buildStore(raw: RawConfig['store'], r: SecretResolver): Promise<S
     tls,
     keyPrefix: redis.keyPrefix,
     commandTimeoutMs: redis.commandTimeout,
+    coordinationTimeoutMs: redis.coordinationTimeout,
     lockLeaseMs: redis.lockLease,
     lockWaitTimeoutMs: redis.lockWaitTimeout,
     encryptionKeys: keys,

@@ -176,8 +176,16 @@ const redis = z
     password: secretRef.optional(),
     tls: tlsFiles.optional(),
     keyPrefix: z.string().regex(/^[A-Za-z0-9:_.-]{0,64}$/, 'letters, digits and :_.- only').default('token-sidecar:'),
-    /** Deadline of each Redis command on the request path; past it the pod falls back to its own fetch. */
-    commandTimeout: durationMs.default(100),
+    /**
+     * Deadline of any one Redis call. A call on a connection that is down fails at once, whatever this says: this is
+     * how long a connected but late Redis is waited for.
+     */
+    commandTimeout: durationMs.default(1_000),
+    /**
+     * Store time one token refresh may spend coordinating with the fleet (its reads and lock calls together, not the
+     * wait for another pod's token call); past it the pod fetches for itself.
+     */
+    coordinationTimeout: durationMs.default(1_000),
     /** Refresh lock lease; renewed while the holder's fetch runs, so a dead holder costs at most one lease. */
     lockLease: durationMs.default(5_000),
     /** How long a pod that lost the lock race waits for the winner before fetching itself. */

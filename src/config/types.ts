@@ -68,6 +68,7 @@ export interface RedisStoreConfig {
   tls: TlsMaterial | undefined;
   keyPrefix: string;
   commandTimeoutMs: number;
+  coordinationTimeoutMs: number;
   lockLeaseMs: number;
   lockWaitTimeoutMs: number;
   encryptionKeys: { id: string; key: Buffer }[];

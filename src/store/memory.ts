@@ -1,6 +1,6 @@
 import type { Stored } from '../core/errors.js';
 import type { Token } from '../core/token.js';
-import { STORED_VOID, stored, type LockHandle, type SharedFailure, type StoreEvent, type StoreRead, type TokenStore } from './store.js';
+import { STORED_VOID, stored, type LockHandle, type ReadOrLock, type ReadOrLockOptions, type SharedFailure, type StoreEvent, type StoreRead, type TokenStore } from './store.js';
 
 /**
  * The embedded store for one pod. The token keeper already single-flights per key, so the lock is never contended
@@ -37,9 +37,12 @@ export class MemoryStore implements TokenStore {
     return STORED_VOID;
   }
 
-  async readOrLock(key: string): Promise<Stored<StoreRead & { lock: LockHandle | undefined }>> {
+  async readOrLock(key: string, opts: ReadOrLockOptions = {}): Promise<Stored<ReadOrLock>> {
     const read = this.#read(key);
-    return stored({ ...read, lock: read.token || read.failure ? undefined : this.#lock(key) });
+    const atOrBeforeMs = opts.lockIfIssuedAtOrBeforeMs;
+    const stale = !read.token || (atOrBeforeMs !== undefined && read.token.issuedAtMs <= atOrBeforeMs);
+    const lock = read.failure || !stale ? undefined : this.#lock(key);
+    return stored({ ...read, lock, lockHeld: this.#locks.has(key) });
   }
 
   async tryLock(key: string): Promise<Stored<LockHandle | undefined>> {

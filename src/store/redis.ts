@@ -1,9 +1,10 @@
 /**
  * The shared store on Redis (standalone, Sentinel or Cluster) through ioredis.
  *
- * Request-path rules: every command has a deadline (`commandTimeout`) and fails at once while disconnected (no
- * offline queue), and after a failure the store is skipped for a short while (a breaker), so a dead or frozen
- * Redis costs a cold request at most one deadline and steady-state requests nothing: they never reach this file.
+ * Rules: a call fails at once while disconnected (no offline queue); a connected Redis that answers late is waited for
+ * up to the call's deadline (the caller's, at most `commandTimeout`); a call that used a whole `commandTimeout` opens a
+ * breaker that skips the store for a while, so a frozen Redis costs a cold request one deadline, and steady-state
+ * requests nothing: they never reach this file.
  * Pub/sub runs on its own connection and tells every pod about refreshed and invalidated tokens.
  */
 import { randomBytes } from 'node:crypto';
@@ -15,10 +16,24 @@ import { Keyring } from './crypto.js';
 import { decodeToken, encodeToken } from './codec.js';
 import { createClient, errMessage, isReplyError, outageOf, parseFailure, type Client } from './redis-client.js';
 import { DELETE_IF_EQUALS, FAILURE_PUT, LOCK_RENEW, READ_OR_LOCK, TOKEN_INVALIDATE, TOKEN_PUT_NEWER, runScript } from './scripts.js';
-import { STORED_VOID, stored, type LockHandle, type SharedFailure, type StoreEvent, type StoreHealth, type StoreRead, type TokenStore } from './store.js';
+import {
+  STORED_VOID,
+  stored,
+  type CallOptions,
+  type LockHandle,
+  type ReadOrLock,
+  type ReadOrLockOptions,
+  type SharedFailure,
+  type StoreEvent,
+  type StoreHealth,
+  type StoreRead,
+  type TokenStore,
+} from './store.js';
 
 /** After a failed call, skip Redis this long before trying again (a frozen Redis must not tax every cold request). */
 const BREAKER_OPEN_MS = 1_000;
+/** What the deadline's side of a race resolves with. */
+const LATE = Symbol('late');
 
 export interface RedisStoreObserver {
   error?(op: string): void;
@@ -47,6 +62,7 @@ export class RedisStore implements TokenStore {
   readonly #channel: string;
   readonly #keyring: Keyring | undefined;
   readonly #lockLeaseMs: number;
+  readonly #commandTimeoutMs: number;
   readonly #log: Logger;
   readonly #observer: RedisStoreObserver;
   readonly #listeners: ((e: StoreEvent) => void)[] = [];
@@ -55,6 +71,8 @@ export class RedisStore implements TokenStore {
   #cmdReady = false;
   #subReady = false;
   #wasConnected = false;
+  /** Why the command connection is not up (the client library's text), for the outages it causes. */
+  #connectionError: string | undefined;
   #closed = false;
 
   private constructor(config: RedisStoreConfig, log: Logger, observer: RedisStoreObserver) {
@@ -62,6 +80,7 @@ export class RedisStore implements TokenStore {
     this.#channel = `${config.keyPrefix}events`;
     this.#keyring = config.encryptionKeys.length > 0 ? new Keyring(config.encryptionKeys) : undefined;
     this.#lockLeaseMs = config.lockLeaseMs;
+    this.#commandTimeoutMs = config.commandTimeoutMs;
     this.#log = log;
     this.#observer = observer;
     this.#cmd = createClient(config, { requestPath: true });
@@ -109,10 +128,10 @@ export class RedisStore implements TokenStore {
     return reply.ok ? stored((await this.#decode(redisKey, reply.value)).token) : reply;
   }
 
-  async read(key: string): Promise<Stored<StoreRead>> {
+  async read(key: string, opts: CallOptions = {}): Promise<Stored<StoreRead>> {
     const redisKey = this.tokenKey(key);
     // Same hash tag, same slot: one MGET even on a Cluster.
-    const reply = await this.#call('get', () => this.#cmd.mget(redisKey, this.failureKey(key)));
+    const reply = await this.#call('get', () => this.#cmd.mget(redisKey, this.failureKey(key)), opts.timeoutMs);
     if (!reply.ok) return reply;
     const [text, failure] = reply.value;
     return stored({ ...(await this.#decode(redisKey, text ?? null)), failure: parseFailure(failure ?? null) });
@@ -151,25 +170,33 @@ export class RedisStore implements TokenStore {
     return reply.ok ? STORED_VOID : reply;
   }
 
-  async tryLock(key: string): Promise<Stored<LockHandle | undefined>> {
+  async tryLock(key: string, opts: CallOptions = {}): Promise<Stored<LockHandle | undefined>> {
     const lockKey = this.lockKey(key);
     const owner = randomBytes(16).toString('hex');
-    const reply = await this.#call('lock', () => this.#cmd.set(lockKey, owner, 'PX', this.#lockLeaseMs, 'NX'));
+    const reply = await this.#call('lock', () => this.#cmd.set(lockKey, owner, 'PX', this.#lockLeaseMs, 'NX'), opts.timeoutMs);
     if (!reply.ok) return reply;
     return stored(reply.value === 'OK' ? this.#heldLock(lockKey, owner) : undefined);
   }
 
-  async readOrLock(key: string): Promise<Stored<StoreRead & { lock: LockHandle | undefined }>> {
+  async readOrLock(key: string, opts: ReadOrLockOptions = {}): Promise<Stored<ReadOrLock>> {
     const redisKey = this.tokenKey(key);
     const lockKey = this.lockKey(key);
     const owner = randomBytes(16).toString('hex');
-    const reply = await this.#call('get', () => runScript(this.#cmd, READ_OR_LOCK, [redisKey, this.failureKey(key), lockKey], [owner, this.#lockLeaseMs]));
+    const staleAtOrBeforeMs = opts.lockIfIssuedAtOrBeforeMs ?? -1;
+    const reply = await this.#call(
+      'get',
+      () => runScript(this.#cmd, READ_OR_LOCK, [redisKey, this.failureKey(key), lockKey], [owner, this.#lockLeaseMs, staleAtOrBeforeMs]),
+      opts.timeoutMs,
+    );
     if (!reply.ok) return reply;
-    const [text, failure, locked] = Array.isArray(reply.value) ? (reply.value as unknown[]) : [];
+    const [text, failure, locked, held] = Array.isArray(reply.value) ? (reply.value as unknown[]) : [];
+    // A lock whose answer arrives after the caller gave up would be held by nobody until its lease ends: never the
+    // case here, since a late answer is an outage and the lease runs out on its own.
     return stored({
       ...(await this.#decode(redisKey, typeof text === 'string' ? text : null)),
       failure: parseFailure(typeof failure === 'string' ? failure : null),
       lock: locked === 1 ? this.#heldLock(lockKey, owner) : undefined,
+      lockHeld: held === 1,
     });
   }
 
@@ -221,9 +248,11 @@ export class RedisStore implements TokenStore {
     });
   }
 
-  async invalidate(key: string, fingerprint: string): Promise<Stored<boolean>> {
-    const reply = await this.#call('invalidate', () =>
-      runScript(this.#cmd, TOKEN_INVALIDATE, [this.tokenKey(key)], [fingerprint, this.#channel, this.#message('i', key, fingerprint)]),
+  async invalidate(key: string, fingerprint: string, opts: CallOptions = {}): Promise<Stored<boolean>> {
+    const reply = await this.#call(
+      'invalidate',
+      () => runScript(this.#cmd, TOKEN_INVALIDATE, [this.tokenKey(key)], [fingerprint, this.#channel, this.#message('i', key, fingerprint)]),
+      opts.timeoutMs,
     );
     return reply.ok ? stored(reply.value === 1) : reply;
   }
@@ -262,20 +291,34 @@ export class RedisStore implements TokenStore {
     this.#sub.disconnect();
   }
 
-  /** One store call with the breaker around it; every failure is an outage value. */
-  async #call<T>(op: string, fn: () => Promise<T>): Promise<Stored<T>> {
+  /**
+   * One store call with its deadline and the breaker around it; every failure is an outage value. No connection: at
+   * once (`down`). Connected but late: after `timeoutMs` (`timeout`), and a call that used its whole per-call deadline
+   * opens the breaker, so a frozen Redis costs one deadline, not one per cold request.
+   */
+  async #call<T>(op: string, fn: () => Promise<T>, timeoutMs = this.#commandTimeoutMs): Promise<Stored<T>> {
     if (this.#closed) return { ok: false, outage: { op, reason: 'down', message: 'store closed' } };
     if (Date.now() < this.#breakerOpenUntilMs || !this.#cmdReady) {
       this.#observer.error?.(op);
-      return { ok: false, outage: { op, reason: 'down', message: this.#cmdReady ? 'skipped after a recent failure' : 'not connected' } };
+      const message = this.#cmdReady ? 'skipped after a recent failure' : `not connected${this.#connectionError ? ` (${this.#connectionError})` : ''}`;
+      return { ok: false, outage: { op, reason: 'down', message } };
     }
+    const deadlineMs = Math.max(1, Math.min(timeoutMs, this.#commandTimeoutMs));
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<typeof LATE>((resolve) => (timer = setTimeout(resolve, deadlineMs, LATE)));
     try {
-      return stored(await fn());
+      const answer = await Promise.race([fn(), late]);
+      if (answer !== LATE) return stored(answer);
+      this.#observer.error?.(op);
+      if (deadlineMs >= this.#commandTimeoutMs) this.#breakerOpenUntilMs = Date.now() + BREAKER_OPEN_MS;
+      return { ok: false, outage: { op, reason: 'timeout', message: `no answer within ${deadlineMs} ms` } };
     } catch (err) {
       this.#observer.error?.(op);
       // Script and reply errors are answers, not outages; timeouts and connection errors open the breaker.
       if (!isReplyError(err)) this.#breakerOpenUntilMs = Date.now() + BREAKER_OPEN_MS;
       return { ok: false, outage: outageOf(op, err) };
+    } finally {
+      clearTimeout(timer);
     }
   }
 
@@ -309,6 +352,7 @@ export class RedisStore implements TokenStore {
     client.on('ready', () => {
       setReady(true);
       if (role === 'commands') {
+        this.#connectionError = undefined;
         this.#breakerOpenUntilMs = 0;
         this.#observer.up?.(true);
         if (this.#wasConnected) for (const l of this.#listeners) l({ kind: 'reconnected' });
@@ -326,6 +370,9 @@ export class RedisStore implements TokenStore {
     client.on('close', () => down());
     client.on('end', () => down());
     // ioredis emits 'error' on every failed reconnect attempt; without a listener the process would crash.
-    client.on('error', (err: unknown) => this.#log.debug({ event: 'store.error', role, err: errMessage(err) }, 'redis error'));
+    client.on('error', (err: unknown) => {
+      if (role === 'commands') this.#connectionError = errMessage(err);
+      this.#log.debug({ event: 'store.error', role, err: errMessage(err) }, 'redis error');
+    });
   }
 }

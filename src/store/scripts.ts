@@ -38,18 +38,31 @@ return 1
 `);
 
 /**
- * read_or_lock: the shared token and failure marker, and, when there is neither (a cold start), the refresh lock
- * taken in the same step. Atomic, so the holder needs no second read under the lock: one round trip where a read, a
- * lock and a re-read took three before a cold fetch could start.
- * KEYS[1] token key · KEYS[2] failure key · KEYS[3] lock key · ARGV[1] owner · ARGV[2] lease ms
- * Returns { token value or nil, failure value or nil, 1 when the lock was taken else 0 }.
+ * read_or_lock: the shared token and failure marker, and, when there is no failure marker and no token (or only the
+ * token being refreshed: issued at or before ARGV[3]), the refresh lock taken in the same step. Atomic, so the holder
+ * needs no second read under the lock: one round trip where a read, a lock and a re-read took three, which is what a
+ * slow Redis makes count.
+ * KEYS[1] token key · KEYS[2] failure key · KEYS[3] lock key · ARGV[1] owner · ARGV[2] lease ms · ARGV[3] issued-at ms
+ * at or before which a token is stale (-1: only a missing token is)
+ * Returns { token value or nil, failure value or nil, 1 when the lock was taken else 0, 1 when the lock is held }.
  */
 export const READ_OR_LOCK = script('read_or_lock', 3, `
 local token = redis.call('GET', KEYS[1])
 local failure = redis.call('GET', KEYS[2])
 local locked = 0
-if not token and not failure and redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2], 'NX') then locked = 1 end
-return { token, failure, locked }
+if not failure then
+  local stale = not token
+  local atOrBefore = tonumber(ARGV[3])
+  if token and atOrBefore and atOrBefore >= 0 then
+    -- An unreadable value counts as stale; a readable one only if it is not newer than the token being refreshed.
+    local ok, decoded = pcall(cjson.decode, token)
+    stale = not (ok and type(decoded) == 'table' and tonumber(decoded.iat) and tonumber(decoded.iat) > atOrBefore)
+  end
+  if stale and redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[2], 'NX') then locked = 1 end
+end
+local held = 0
+if locked == 1 or redis.call('EXISTS', KEYS[3]) == 1 then held = 1 end
+return { token, failure, locked, held }
 `);
 
 /**

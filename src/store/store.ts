@@ -44,30 +44,50 @@ export interface StoreRead {
   unreadable?: 'foreign' | 'bad' | undefined;
 }
 
+export interface CallOptions {
+  /** Give up after this long (the refresh's remaining store time); default: the store's per-call deadline. */
+  timeoutMs?: number | undefined;
+}
+
+export interface ReadOrLockOptions extends CallOptions {
+  /**
+   * Also take the lock when the shared token was issued at or before this (a refresh of that very token); without
+   * it, the lock is taken only when there is no token.
+   */
+  lockIfIssuedAtOrBeforeMs?: number | undefined;
+}
+
+export interface ReadOrLock extends StoreRead {
+  /** Set only if this call took the lock; with it, nothing can have been written in between. */
+  lock: LockHandle | undefined;
+  /** Whether the lock is held (by us or another pod) after this call. */
+  lockHeld: boolean;
+}
+
 export interface TokenStore {
   readonly kind: 'memory' | 'redis';
   /** The shared token for `key`; undefined on a miss or an unreadable value. */
   get(key: string): Promise<Stored<Token | undefined>>;
   /** The token and any recent shared failure, in one round trip. */
-  read(key: string): Promise<Stored<StoreRead>>;
+  read(key: string, opts?: CallOptions): Promise<Stored<StoreRead>>;
   /** Record a failed refresh until `failure.untilMs`, and wake the pods waiting on it. */
   putFailure(key: string, failure: SharedFailure): Promise<Stored<void>>;
   /** Write unless the store already holds a token issued later ("newer wins"); clears a shared failure; publishes `refreshed`. */
   put(key: string, token: Token): Promise<Stored<void>>;
   /** Take the refresh lock for `key`, or undefined if another holder has it. The lease is renewed until release. */
-  tryLock(key: string): Promise<Stored<LockHandle | undefined>>;
+  tryLock(key: string, opts?: CallOptions): Promise<Stored<LockHandle | undefined>>;
   /**
-   * `read`, and when the store holds neither a token nor a failure marker, `tryLock` in the same atomic step (one
-   * round trip on Redis). `lock` is set only if it was taken; with it, nothing can have been written in between.
+   * `read`, and when there is no failure marker and no token (or only the one being refreshed, see the option), take
+   * the lock in the same atomic step: one round trip on Redis, and no read again under the lock.
    */
-  readOrLock(key: string): Promise<Stored<StoreRead & { lock: LockHandle | undefined }>>;
+  readOrLock(key: string, opts?: ReadOrLockOptions): Promise<Stored<ReadOrLock>>;
   /**
    * Resolves when an event for `key` arrives or after `timeoutMs`, whichever is first: with the token when the event
    * carried one (a `refreshed` event), else undefined.
    */
   waitForEvent(key: string, timeoutMs: number): Promise<Token | undefined>;
   /** Delete the shared token only if it is still the one with `fingerprint`; publishes `invalidated`. */
-  invalidate(key: string, fingerprint: string): Promise<Stored<boolean>>;
+  invalidate(key: string, fingerprint: string, opts?: CallOptions): Promise<Stored<boolean>>;
   /** Events published by other pods (and this one). */
   onEvent(listener: (event: StoreEvent) => void): void;
   /** Whether events are being received; when false, fleet sync reconciles by polling. */

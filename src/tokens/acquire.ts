@@ -1,10 +1,14 @@
 /**
- * The fleet protocol for one token, start to end: read (and, on a cold start, lock in the same step) → take a shared
- * token, or back off with another pod's failure → hold the lock, read again, fetch, share, release → or wait for the
- * holder's result. Every store answer is a value; an outage ends the protocol with `alone` and the caller fetches
- * for this pod only (correctness never depends on the store). What counts as good enough is the caller's policy.
+ * The fleet protocol for one token, start to end: read, and take the lock in the same step when there is nothing to
+ * take → take a shared token, or back off with another pod's failure → holding the lock: fetch, share, release → or
+ * wait for the holder's result (its event, or the next read). Every store answer is a value. Until it is known who
+ * refreshes (us, another pod, or nobody: a token to take), the store calls share one time budget
+ * (`coordinationTimeoutMs`), so a late store is waited for, a bounded while; then the wait for a live holder is bounded
+ * by `lockWaitTimeoutMs`, each re-read by the store's own per-call deadline. An outage, or a budget spent, ends the
+ * protocol with `alone` and the caller fetches for this pod only (correctness never depends on the store). What counts
+ * as good enough is the caller's policy.
  */
-import type { StoreOutage, TokenEndpointError } from '../core/errors.js';
+import type { StoreOutage, Stored, TokenEndpointError } from '../core/errors.js';
 import type { Token } from '../core/token.js';
 import type { LockHandle, SharedFailure, StoreRead, TokenStore } from '../store/store.js';
 
@@ -16,10 +20,14 @@ export interface AcquireDeps {
   readonly store: TokenStore;
   readonly key: string;
   readonly nowMs: () => number;
+  /** Store time the first round may take (its read-or-lock, and a lock and re-read when needed) before going alone. */
+  readonly coordinationTimeoutMs: number;
   /** Longest a pod waits for another pod's refresh before fetching itself. */
   readonly lockWaitTimeoutMs: number;
   /** Re-read interval while waiting, in case an event is lost. */
   readonly pollIntervalMs: number;
+  /** A shared token issued at or before this is the one being refreshed: lock instead (undefined: only when none). */
+  readonly staleAtOrBeforeMs: number | undefined;
   accepts(token: Token | undefined): token is Token;
   backsOff(failure: SharedFailure | undefined): failure is SharedFailure;
   fetch(): Promise<Fetched>;
@@ -40,38 +48,63 @@ export type Acquired =
 
 export async function acquire(d: AcquireDeps): Promise<Acquired> {
   const startedMs = d.nowMs();
-  // On a cold start (nothing shared, no failure) this read also takes the lock: one round trip, not three.
-  const first = await d.store.readOrLock(d.key);
-  if (!first.ok) return { via: 'alone', why: first.outage };
-  if (d.accepts(first.value.token)) {
-    d.lookedUp(true);
-    return { via: 'store', token: first.value.token, waitedMs: undefined };
-  }
-  d.lookedUp(false);
-  const settled = settle(d, first.value);
-  if (settled) return settled;
-  let lock = first.value.lock;
-  let read: 'atomic' | 'reread' = 'atomic';
-  const deadlineMs = startedMs + d.lockWaitTimeoutMs;
-  for (;;) {
-    if (!lock) {
-      const taken = await d.store.tryLock(d.key);
-      if (!taken.ok) return { via: 'alone', why: taken.outage };
-      lock = taken.value;
-      read = 'reread';
+  const budget = new StoreBudget(d.nowMs, d.coordinationTimeoutMs);
+  const waitUntilMs = startedMs + d.lockWaitTimeoutMs;
+  for (let round = 0; ; round++) {
+    // The first round finds out who refreshes, within the budget; later rounds re-check while a holder works.
+    const spend = round === 0 ? budget.spend : unbudgeted;
+    // One round trip: the token, the failure marker, and the lock when there is nothing (newer) to take.
+    const read = await spend('get', (timeoutMs) => d.store.readOrLock(d.key, { timeoutMs, lockIfIssuedAtOrBeforeMs: d.staleAtOrBeforeMs }));
+    if (!read.ok) return { via: 'alone', why: read.outage };
+    const { token, lock } = read.value;
+    const hit = d.accepts(token);
+    if (round === 0) d.lookedUp(hit);
+    const early: Acquired | undefined = hit ? { via: 'store', token, waitedMs: round === 0 ? undefined : d.nowMs() - startedMs } : settle(d, read.value);
+    if (early) {
+      if (lock) await release(d, lock);
+      return early;
     }
-    if (lock) return holdLock(d, lock, read);
-    // Another pod holds the lock: wait for its result (woken by its event, or polled).
-    const remainingMs = deadlineMs - d.nowMs();
+    if (lock) return holdLock(d, lock);
+    if (!read.value.lockHeld) {
+      // Nobody refreshes it, yet the token there is no use to us (too close to expiry, refused): lock it ourselves,
+      // and read again under the lock (a holder may have written between our read and our lock).
+      const taken = await spend('lock', (timeoutMs) => d.store.tryLock(d.key, { timeoutMs }));
+      if (!taken.ok) return { via: 'alone', why: taken.outage };
+      if (taken.value) return rereadThenHold(d, spend, taken.value);
+    }
+    // Another pod holds the lock: wait for its result (woken by its event, or the next read).
+    const remainingMs = waitUntilMs - d.nowMs();
     if (remainingMs <= 0) return { via: 'alone', why: 'lock_wait_timeout' };
     const carried = await d.store.waitForEvent(d.key, Math.min(remainingMs, d.pollIntervalMs));
     if (d.accepts(carried)) return { via: 'store', token: carried, waitedMs: d.nowMs() - startedMs };
-    const landed = await d.store.read(d.key);
-    if (!landed.ok) return { via: 'alone', why: landed.outage };
-    if (d.accepts(landed.value.token)) return { via: 'store', token: landed.value.token, waitedMs: d.nowMs() - startedMs };
-    const after = settle(d, landed.value);
-    if (after) return after;
   }
+}
+
+/** A store call, given the time it may take (undefined: the store's own per-call deadline). */
+type Spend = <T>(op: string, call: (timeoutMs: number | undefined) => Promise<Stored<T>>) => Promise<Stored<T>>;
+
+const unbudgeted: Spend = (_op, call) => call(undefined);
+
+/** Store time shared by several calls: each gets what is left, and none starts once it is spent. */
+class StoreBudget {
+  #leftMs: number;
+
+  constructor(
+    private readonly nowMs: () => number,
+    totalMs: number,
+  ) {
+    this.#leftMs = totalMs;
+  }
+
+  readonly spend: Spend = async (op, call) => {
+    if (this.#leftMs <= 0) return { ok: false, outage: { op, reason: 'timeout', message: 'the coordination deadline passed' } };
+    const startedMs = this.nowMs();
+    try {
+      return await call(this.#leftMs);
+    } finally {
+      this.#leftMs -= this.nowMs() - startedMs;
+    }
+  };
 }
 
 /** What a read that gave no usable token still decides: another pod's failure, or a value we may not overwrite. */
@@ -82,21 +115,19 @@ function settle(d: AcquireDeps, read: StoreRead): Acquired | undefined {
   return undefined;
 }
 
-async function holdLock(d: AcquireDeps, lock: LockHandle, read: 'atomic' | 'reread'): Promise<Acquired> {
-  // Read again under the lock: the previous holder may have written between our read and our lock (not needed when
-  // the lock came with the read itself).
-  if (read === 'reread') {
-    const again = await d.store.read(d.key);
-    const early: Acquired | undefined = !again.ok
-      ? { via: 'alone', why: again.outage }
-      : d.accepts(again.value.token)
-        ? { via: 'store', token: again.value.token, waitedMs: undefined }
-        : settle(d, again.value);
-    if (early) {
-      await release(d, lock);
-      return early;
-    }
-  }
+async function rereadThenHold(d: AcquireDeps, spend: Spend, lock: LockHandle): Promise<Acquired> {
+  const again = await spend('get', (timeoutMs) => d.store.read(d.key, { timeoutMs }));
+  const early: Acquired | undefined = !again.ok
+    ? { via: 'alone', why: again.outage }
+    : d.accepts(again.value.token)
+      ? { via: 'store', token: again.value.token, waitedMs: undefined }
+      : settle(d, again.value);
+  if (!early) return holdLock(d, lock);
+  await release(d, lock);
+  return early;
+}
+
+async function holdLock(d: AcquireDeps, lock: LockHandle): Promise<Acquired> {
   const fetched = await d.fetch();
   if (!fetched.ok) {
     // Tell the fleet, so the other pods back off too instead of each trying in turn.

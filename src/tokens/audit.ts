@@ -13,6 +13,8 @@ export interface TokenObserver {
   fetchFailed?(route: string, err: TokenEndpointError, durationMs: number): void;
   lookup?(route: string, layer: 'memory' | 'store', hit: boolean): void;
   lockWait?(route: string, durationMs: number): void;
+  /** A token call made because the fleet could not coordinate it (store down, late, erroring; lock wait; key). */
+  fallback?(route: string, reason: string): void;
 }
 
 /** The credential an event is about. */

@@ -3,18 +3,18 @@
  * invalidated elsewhere, re-share ours after a store outage, and, while events are not arriving, poll the store.
  */
 import { isUsable, type Token } from '../core/token.js';
-import type { Logger } from '../log.js';
 import type { StoreEvent, TokenStore } from '../store/store.js';
-import { storeTrouble, type Keeper } from './keeper.js';
+import type { Keeper } from './keeper.js';
 import { adoption } from './policy.js';
 import type { Timers } from './scheduler.js';
+import type { StoreTrouble } from './store-trouble.js';
 
 /** While pub/sub is down, how often local tokens are compared with the store (a bounded fallback for lost events). */
 export const RECONCILE_INTERVAL_MS = 2_000;
 
 export interface FleetSyncDeps {
   readonly store: TokenStore;
-  readonly log: Logger;
+  readonly trouble: StoreTrouble;
   readonly timers: Timers;
   readonly nowMs: () => number;
   readonly keeper: (key: string) => Keeper | undefined;
@@ -62,7 +62,7 @@ export class FleetSync {
     let shared = carried;
     if (!shared) {
       const read = await this.d.store.get(k.key);
-      if (!read.ok) return storeTrouble(this.d.log, read.outage);
+      if (!read.ok) return this.d.trouble.report(read.outage);
       shared = read.value;
     }
     const mine = k.state.token;
@@ -85,12 +85,12 @@ export class FleetSync {
   async reseed(k: Keeper): Promise<void> {
     const mine = k.state.token;
     const read = await this.d.store.get(k.key);
-    if (!read.ok) return storeTrouble(this.d.log, read.outage);
+    if (!read.ok) return this.d.trouble.report(read.outage);
     const shared = read.value;
     if (!shared && mine && isUsable(mine, this.d.nowMs())) {
       const put = await this.d.store.put(k.key, mine);
       if (put.ok) k.markShared(mine.fingerprint);
-      else storeTrouble(this.d.log, put.outage);
+      else this.d.trouble.report(put.outage);
     } else if (shared && (!mine || shared.issuedAtMs > mine.issuedAtMs)) {
       await this.adopt(k, false, shared);
     }

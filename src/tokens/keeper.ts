@@ -14,6 +14,7 @@ import type { CredentialName, TokenAudit } from './audit.js';
 import * as policy from './policy.js';
 import type { KeptState, TokenSource, Want } from './policy.js';
 import type { Scheduler } from './scheduler.js';
+import type { StoreTrouble } from './store-trouble.js';
 
 export interface TokenResult {
   token: Token;
@@ -28,8 +29,10 @@ export interface KeeperDeps {
   readonly scheduler: Scheduler;
   readonly nowMs: () => number;
   readonly random: () => number;
+  readonly coordinationTimeoutMs: number;
   readonly lockWaitTimeoutMs: number;
   readonly pollIntervalMs: number;
+  readonly trouble: StoreTrouble;
 }
 
 const ignore = (): undefined => undefined;
@@ -128,7 +131,7 @@ export class Keeper {
     if (!fingerprint) return { fingerprint: undefined, fleetWide: true };
     this.#drop(fingerprint, 'admin', route);
     const told = await this.deps.store.invalidate(this.key, fingerprint);
-    if (!told.ok) this.#storeTrouble(told.outage);
+    if (!told.ok) this.deps.trouble.report(told.outage);
     return { fingerprint, fleetWide: told.ok };
   }
 
@@ -172,20 +175,23 @@ export class Keeper {
     // Compare-and-invalidate: drop the refused token from the store only if it is still the shared one.
     if (want.reject !== undefined) {
       const told = await store.invalidate(this.key, want.reject);
-      if (!told.ok) this.#storeTrouble(told.outage);
+      if (!told.ok) this.deps.trouble.report(told.outage);
     }
     const got: Acquired = await acquire({
       store,
       key: this.key,
       nowMs,
+      coordinationTimeoutMs: this.deps.coordinationTimeoutMs,
       lockWaitTimeoutMs: this.deps.lockWaitTimeoutMs,
       pollIntervalMs: this.deps.pollIntervalMs,
+      staleAtOrBeforeMs: policy.staleAtOrBeforeMs(this.#state, want),
       accepts: (t): t is Token => policy.acceptable(this.#state, t, want, nowMs(), this.#auth.refreshAheadRatio),
       backsOff: (f): f is NonNullable<typeof f> => policy.backsOffWith(f, want, nowMs()),
       fetch: () => this.#fetch(route),
       lookedUp: (hit) => audit.observer.lookup?.(route, 'store', hit),
-      outage: (o) => this.#storeTrouble(o),
+      outage: (o) => this.deps.trouble.report(o),
     });
+    if (got.via !== 'alone') this.deps.trouble.recovered();
     return this.#outcome(got, route);
   }
 
@@ -219,7 +225,8 @@ export class Keeper {
       this.deps.log.warn({ event: 'lock.wait_timeout', ...names, lockWaitTimeoutMs: this.deps.lockWaitTimeoutMs }, "gave up waiting for another pod's refresh; fetching here");
     } else if (why === 'foreign_key') {
       this.deps.log.warn({ event: 'store.foreign_key', ...names }, 'the shared token is sealed with an encryption key this pod does not have; fetching for this pod only (roll a new key out as a second key first)');
-    } else this.#storeTrouble(why);
+    } else this.deps.trouble.report(why);
+    this.deps.audit.observer.fallback?.(route, typeof why === 'string' ? why : why.reason);
     const fetched = await this.#fetch(route);
     if (!fetched.ok) throw fetched.error;
     return this.#install(fetched.token, 'fetched', route, fetched.durationMs);
@@ -292,13 +299,4 @@ export class Keeper {
       if (this.#state.token === token && this.lastUsedMs < installedAtMs) this.deps.audit.expiredUnused(this.#name, token);
     });
   }
-
-  #storeTrouble(outage: StoreOutage): void {
-    storeTrouble(this.deps.log, outage);
-  }
-}
-
-/** Once per refresh at most (never per request): worth a warning, it means the fleet is not sharing. */
-export function storeTrouble(log: Logger, outage: StoreOutage): void {
-  log.warn({ event: 'store.error', op: outage.op, reason: outage.reason, err: outage.message }, 'store call failed; this pod fetches for itself');
 }

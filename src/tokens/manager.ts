@@ -16,6 +16,7 @@ import { FleetSync } from './fleet-sync.js';
 import { Keeper, type KeeperDeps, type TokenResult } from './keeper.js';
 import { usableToken, type TokenSource } from './policy.js';
 import { Scheduler, systemTimers, type Timers } from './scheduler.js';
+import { StoreTrouble } from './store-trouble.js';
 
 export type { TokenObserver } from './audit.js';
 export type { TokenResult } from './keeper.js';
@@ -44,6 +45,8 @@ export interface TokenManagerOptions {
   now?: () => number;
   random?: () => number;
   timers?: Timers;
+  /** Store time a refresh may take to find out who fetches, before this pod fetches itself. */
+  coordinationTimeoutMs?: number;
   /** Longest a pod waits for another pod's refresh before fetching itself. */
   lockWaitTimeoutMs?: number;
   /** Re-check interval while waiting, in case an event is lost. */
@@ -66,6 +69,7 @@ export class TokenManager {
     const nowMs = opts.now ?? Date.now;
     const timers = opts.timers ?? systemTimers;
     this.#observer = opts.observer ?? {};
+    const trouble = new StoreTrouble(opts.log);
     this.#deps = {
       store: opts.store,
       fetcher: opts.fetcher,
@@ -74,12 +78,14 @@ export class TokenManager {
       scheduler: new Scheduler(timers, nowMs),
       nowMs,
       random: opts.random ?? Math.random,
+      coordinationTimeoutMs: opts.coordinationTimeoutMs ?? 1_000,
       lockWaitTimeoutMs: opts.lockWaitTimeoutMs ?? 15_000,
       pollIntervalMs: opts.pollIntervalMs ?? 250,
+      trouble,
     };
     this.#sync = new FleetSync({
       store: opts.store,
-      log: opts.log,
+      trouble,
       timers,
       nowMs,
       keeper: (key) => this.#keepers.get(key),

@@ -87,6 +87,14 @@ export function acceptable(s: KeptState, candidate: Token | undefined, want: Wan
   return true;
 }
 
+/**
+ * The shared token this refresh replaces: one issued at or before this time is ours (or older), so the store takes the
+ * lock instead of handing it back. A miss or a 401 replaces nothing that is still there.
+ */
+export function staleAtOrBeforeMs(s: KeptState, want: Want): number | undefined {
+  return want.reason === 'ahead' || want.reason === 'forced' ? s.token?.issuedAtMs : undefined;
+}
+
 /** Another pod's refresh failed recently: back off as it does (an admin refresh still tries). */
 export function backsOffWith(failure: { untilMs: number } | undefined, want: Want, nowMs: number): boolean {
   return failure !== undefined && want.reason !== 'forced' && failure.untilMs > nowMs;

@@ -37,6 +37,7 @@ function config(redis: RedisServer, over: Partial<RedisStoreConfig> = {}): Redis
     tls: undefined,
     keyPrefix: `t${randomBytes(3).toString('hex')}:`,
     commandTimeoutMs: 100,
+    coordinationTimeoutMs: 1_000,
     lockLeaseMs: 5_000,
     lockWaitTimeoutMs: 15_000,
     encryptionKeys: [],
@@ -319,6 +320,24 @@ describe('the lock', () => {
     expect(await redis.command('EXISTS', `${cfg.keyPrefix}{${KEY}}:lock`)).toBe(0);
   });
 
+  it('readOrLock for a refresh locks while the store still holds the token being refreshed, and says whether the lock is held', async () => {
+    const cfg = config(redis);
+    const [a, b] = [await open(cfg), await open(cfg)];
+    const mine = token('mine', Date.now() - 1_000);
+    await a.put(KEY, mine);
+    // A miss takes the shared token and no lock; nobody holds it.
+    expect(ok(await b.readOrLock(KEY))).toMatchObject({ token: { fingerprint: mine.fingerprint }, lock: undefined, lockHeld: false });
+    // Another pod already has a newer one than ours: handed back, no lock.
+    expect(ok(await b.readOrLock(KEY, { lockIfIssuedAtOrBeforeMs: mine.issuedAtMs - 1 }))).toMatchObject({ lock: undefined, lockHeld: false });
+    // The store holds the very token we refresh: the lock comes in the same round trip.
+    const refreshing = ok(await a.readOrLock(KEY, { lockIfIssuedAtOrBeforeMs: mine.issuedAtMs }));
+    expect(refreshing.lock?.held).toBe(true);
+    expect(refreshing.lockHeld).toBe(true);
+    // Meanwhile another pod learns that someone holds it.
+    expect(ok(await b.readOrLock(KEY, { lockIfIssuedAtOrBeforeMs: mine.issuedAtMs }))).toMatchObject({ lock: undefined, lockHeld: true });
+    await refreshing.lock?.release();
+  });
+
   it('a holder whose lease was taken over notices and does not delete the new lock', async () => {
     const cfg = config(redis, { lockLeaseMs: 300 });
     const a = await open(cfg);
@@ -354,6 +373,29 @@ describe('failure behaviour', () => {
       expect(deadMs).toBeLessThan(10);
       console.log(`store call: frozen Redis fails after ${frozenMs.toFixed(1)} ms (deadline 50 ms); dead Redis after ${deadMs.toFixed(2)} ms`);
     } finally {
+      await own.stop();
+    }
+  });
+
+  it("a late Redis is waited for up to the call's own deadline; a deadline shorter than commandTimeout does not open the breaker", async () => {
+    const own = await startRedis();
+    try {
+      const store = await open(config(own, { commandTimeoutMs: 1_000 }));
+      own.freeze();
+      let t0 = performance.now();
+      expect(await store.read(KEY, { timeoutMs: 80 })).toMatchObject({ ok: false, outage: { op: 'get', reason: 'timeout' } });
+      const shortMs = performance.now() - t0;
+      expect(shortMs).toBeGreaterThanOrEqual(75);
+      expect(shortMs).toBeLessThan(80 + 150);
+      // Not a full deadline: the next call still tries (and waits), rather than being skipped by the breaker.
+      t0 = performance.now();
+      expect(await store.read(KEY, { timeoutMs: 80 })).toMatchObject({ ok: false, outage: { reason: 'timeout' } });
+      expect(performance.now() - t0).toBeGreaterThanOrEqual(75);
+      // Thawed: the same connection answers again, late commands and all.
+      own.thaw();
+      await waitUntil(async () => (await store.read(KEY)).ok, 3_000, 20, 'answers after the thaw');
+    } finally {
+      own.thaw();
       await own.stop();
     }
   });

@@ -26,8 +26,10 @@ function run(store: TokenStore, over: Partial<AcquireDeps> & { fetched?: () => P
     store,
     key: KEY,
     nowMs: Date.now,
+    coordinationTimeoutMs: 1_000,
     lockWaitTimeoutMs: 1_000,
     pollIntervalMs: 10,
+    staleAtOrBeforeMs: undefined,
     accepts: (t): t is Token => t !== undefined && t.expiresAtMs > Date.now(),
     backsOff: (f): f is SharedFailure => f !== undefined && f.untilMs > Date.now(),
     fetch: async () => {
@@ -167,9 +169,51 @@ describe('acquire', () => {
 
   it('a value sealed under a key this pod lacks: alone, and the value is not overwritten', async () => {
     const store = new MemoryStore();
-    const foreign = altered(store, { readOrLock: async () => ({ ok: true, value: { token: undefined, failure: undefined, unreadable: 'foreign', lock: undefined } }) });
+    const foreign = altered(store, { readOrLock: async () => ({ ok: true, value: { token: undefined, failure: undefined, unreadable: 'foreign', lock: undefined, lockHeld: false } }) });
     const r = run(foreign);
     expect(await acquire(r.deps)).toEqual({ via: 'alone', why: 'foreign_key' });
     expect(r.fetches).toBe(0);
   });
+
+  it('the first round shares one budget of store time: each call gets what is left, none starts once it is spent', async () => {
+    const store = new MemoryStore();
+    await store.put(KEY, token()); // there, but of no use to this caller: it must lock and read again
+    const given: (number | undefined)[] = [];
+    const slow = <T>(ms: number, answer: () => Promise<T>) => async (timeoutMs?: number): Promise<T> => {
+      given.push(timeoutMs);
+      await new Promise((resolve) => setTimeout(resolve, ms));
+      return answer();
+    };
+    const r = run(
+      altered(store, {
+        readOrLock: (key, opts) => slow(40, () => store.readOrLock(key))(opts?.timeoutMs),
+        tryLock: (key, opts) => slow(40, () => store.tryLock(key))(opts?.timeoutMs),
+        read: (key, opts) => slow(0, () => store.read(key))(opts?.timeoutMs),
+      }),
+      { coordinationTimeoutMs: 70, accepts: (_t): _t is Token => false },
+    );
+    const got = await acquire(r.deps);
+    expect(got).toEqual({ via: 'alone', why: { op: 'get', reason: 'timeout', message: 'the coordination deadline passed' } });
+    expect(given[0]).toBe(70);
+    expect(given[1]).toBeLessThanOrEqual(32);
+    expect(given).toHaveLength(2); // the read again under the lock never started
+    expect(r.fetches).toBe(0);
+    expect(ok(await store.tryLock(KEY))).toBeDefined(); // the lock it took was released
+  });
+
+  it('a refresh of the token the store still holds takes the lock in the same round trip', async () => {
+    const store = new MemoryStore();
+    const mine = token();
+    await store.put(KEY, mine);
+    let locks = 0;
+    const r = run(
+      altered(store, { tryLock: async (key) => (locks++, store.tryLock(key)) }),
+      { staleAtOrBeforeMs: mine.issuedAtMs, accepts: (t): t is Token => t !== undefined && t.issuedAtMs > mine.issuedAtMs },
+    );
+    const got = await acquire(r.deps);
+    expect(got.via).toBe('fetched');
+    expect(locks).toBe(0);
+    expect(r.fetches).toBe(1);
+  });
 });
+
