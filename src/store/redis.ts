@@ -174,7 +174,7 @@ export class RedisStore implements TokenStore {
     const lockKey = this.lockKey(key);
     const owner = randomBytes(16).toString('hex');
     const reply = await this.#call('lock', () => this.#cmd.set(lockKey, owner, 'PX', this.#lockLeaseMs, 'NX'), opts.timeoutMs);
-    if (!reply.ok) return reply;
+    if (!reply.ok) return this.#gaveUp(reply, lockKey, owner);
     return stored(reply.value === 'OK' ? this.#heldLock(lockKey, owner) : undefined);
   }
 
@@ -188,16 +188,24 @@ export class RedisStore implements TokenStore {
       () => runScript(this.#cmd, READ_OR_LOCK, [redisKey, this.failureKey(key), lockKey], [owner, this.#lockLeaseMs, staleAtOrBeforeMs]),
       opts.timeoutMs,
     );
-    if (!reply.ok) return reply;
+    if (!reply.ok) return this.#gaveUp(reply, lockKey, owner);
     const [text, failure, locked, held] = Array.isArray(reply.value) ? (reply.value as unknown[]) : [];
-    // A lock whose answer arrives after the caller gave up would be held by nobody until its lease ends: never the
-    // case here, since a late answer is an outage and the lease runs out on its own.
     return stored({
       ...(await this.#decode(redisKey, typeof text === 'string' ? text : null)),
       failure: parseFailure(typeof failure === 'string' ? failure : null),
       lock: locked === 1 ? this.#heldLock(lockKey, owner) : undefined,
       lockHeld: held === 1,
     });
+  }
+
+  /**
+   * A lock request given up on as late may still be carried out when a slow (or frozen, then thawed) Redis gets to it,
+   * leaving a lock nobody holds until its lease ends, which every other pod would wait out. Send the release right
+   * behind it on the same connection: Redis runs them in order, so the lock, if it was taken, is dropped at once.
+   */
+  #gaveUp<T>(reply: Stored<T>, lockKey: string, owner: string): Stored<T> {
+    if (!reply.ok && reply.outage.reason === 'timeout') runScript(this.#cmd, DELETE_IF_EQUALS, [lockKey], [owner]).catch(() => undefined);
+    return reply;
   }
 
   /** The handle of a lock we just took: renewed until released, released only while it is still ours. */

@@ -377,13 +377,16 @@ describe('failure behaviour', () => {
     }
   });
 
-  it("a late Redis is waited for up to the call's own deadline; a deadline shorter than commandTimeout does not open the breaker", async () => {
+  it("a late Redis is waited for up to the call's own deadline (not the breaker's), and a lock given up on is not left held", async () => {
     const own = await startRedis();
     try {
-      const store = await open(config(own, { commandTimeoutMs: 1_000 }));
+      const cfg = config(own, { commandTimeoutMs: 1_000 });
+      const store = await open(cfg);
       own.freeze();
       let t0 = performance.now();
       expect(await store.read(KEY, { timeoutMs: 80 })).toMatchObject({ ok: false, outage: { op: 'get', reason: 'timeout' } });
+      // A lock request given up on: carried out when Redis thaws, and released right behind it.
+      expect(await store.readOrLock(KEY, { timeoutMs: 80 })).toMatchObject({ ok: false, outage: { reason: 'timeout' } });
       const shortMs = performance.now() - t0;
       expect(shortMs).toBeGreaterThanOrEqual(75);
       expect(shortMs).toBeLessThan(80 + 150);
@@ -394,6 +397,7 @@ describe('failure behaviour', () => {
       // Thawed: the same connection answers again, late commands and all.
       own.thaw();
       await waitUntil(async () => (await store.read(KEY)).ok, 3_000, 20, 'answers after the thaw');
+      expect(await own.command('EXISTS', `${cfg.keyPrefix}{${KEY}}:lock`)).toBe(0);
     } finally {
       own.thaw();
       await own.stop();
