@@ -36,13 +36,9 @@ afterEach(async () => {
   vendor.unauthorizedNext(0);
 });
 
-/**
- * The fleet tests run 8+ sidecars, Redis and the load on 2 cores, where event-loop lag can pass the 100 ms default
- * command deadline and send a pod to its (correct, but counted) per-pod fallback. They test the lock protocol, so they
- * use a 1 s deadline; the deadline itself is tested in redis-store.test.ts (frozen and dead Redis).
- */
+/** The store's deadlines are the defaults (1 s); they are tested in redis-store.test.ts and slow-store.test.ts. */
 function storeYaml(redis: string, extra = ''): string {
-  return `store:\n  type: redis\n  redis:\n${redis}\n    keyPrefix: "t${randomBytes(4).toString('hex')}:"\n    commandTimeout: 1s\n${extra}`;
+  return `store:\n  type: redis\n  redis:\n${redis}\n    keyPrefix: "t${randomBytes(4).toString('hex')}:"\n${extra}`;
 }
 
 function fleetConfig(store: string): Promise<string> {
