@@ -16,7 +16,7 @@ import { startFakeIdp, type FakeIdp } from '../../src/dev/fake-idp.js';
 import { startEchoVendor, type EchoVendor } from '../../src/dev/echo-vendor.js';
 import { fingerprintOf } from '../../src/core/token.js';
 import { startLatencyRelay, type LatencyRelay } from '../../src/dev/latency-relay.js';
-import { startRedis, type RedisServer } from '../helpers/redis.js';
+import { startCluster, startRedis, type RedisCluster, type RedisServer } from '../helpers/redis.js';
 import { startSidecarProcess, writeConfig, type SidecarProcess } from '../helpers/sidecar-process.js';
 import { waitUntil } from '../helpers/wait.js';
 
@@ -150,7 +150,7 @@ const STEADY_LIFETIME_S = 3;
 const STEADY_REFRESH_AHEAD = 0.3;
 
 const ROUTES = ['cold-0', 'cold-160', 'cold-300', 'steady', 'frozen', 'dead'] as const;
-type RouteName = (typeof ROUTES)[number];
+type RouteName = (typeof ROUTES)[number] | 'cluster-160';
 
 let redis: RedisServer;
 let relay: LatencyRelay;
@@ -226,10 +226,10 @@ async function fallbacks(route: RouteName, reason?: string): Promise<number[]> {
 }
 
 /** PER_POD concurrent requests on every pod; per pod, when its first and last answers came (ms from the start). */
-async function burst(route: RouteName): Promise<{ statuses: number[]; bodies: string[]; firstMs: number[]; lastMs: number[] }> {
+async function burst(route: RouteName, pods = fleet): Promise<{ statuses: number[]; bodies: string[]; firstMs: number[]; lastMs: number[] }> {
   const t0 = performance.now();
   const perPod = await Promise.all(
-    fleet.map((pod) =>
+    pods.map((pod) =>
       Promise.all(Array.from({ length: PER_POD }, () => get(pod, route).then((r) => ({ ...r, atMs: performance.now() - t0 })))),
     ),
   );
@@ -428,3 +428,72 @@ describe('a fleet of 4 on a slow Redis (through a latency relay)', () => {
     for (const n of downs) expect.soft(n, 'fallback fetches with reason down, per pod').toBe(1);
   });
 });
+
+describe('a fleet of 4 on a slow Redis Cluster (a relay in front of every master)', () => {
+  let cluster: RedisCluster;
+  let relays: LatencyRelay[] = [];
+  let pods: SidecarProcess[] = [];
+  let clusterIdp: FakeIdp;
+  let clusterVendor: EchoVendor;
+
+  beforeAll(async () => {
+    [cluster, clusterIdp, clusterVendor] = await Promise.all([
+      startCluster(),
+      startFakeIdp({ clients: { fleet: 'fleet-secret' }, defaultExpiresInS: 600 }),
+      startEchoVendor(),
+    ]);
+    clusterIdp.setDelay(IDP_DELAY_MS);
+    relays = await Promise.all(cluster.servers.map((s) => startLatencyRelay({ host: s.host, port: s.port, delayMs: 80 })));
+    // Each master announces its relay, so the slot map the client learns (and its MOVED answers) lead through the
+    // relays too; the cluster bus between the masters stays direct.
+    await Promise.all(cluster.servers.map((s, i) => s.command('CONFIG', 'SET', 'cluster-announce-port', String(relays[i]?.port))));
+    const relayPorts = new Set(relays.map((r) => r.port));
+    await waitUntil(
+      async () =>
+        (await Promise.all(cluster.servers.map((s) => s.command('CLUSTER', 'SLOTS')))).every((slots) =>
+          (slots as [number, number, [string, number]][]).every(([, , [, port]]) => relayPorts.has(port)),
+        ),
+      10_000,
+      50,
+      'every master to hand out the relays in its slot map',
+    );
+    const config = await writeConfig(`
+version: 1
+listen: 127.0.0.1:0
+admin: 127.0.0.1:0
+store:
+  type: redis
+  redis:
+    cluster: [${relays.map((r) => `{ host: 127.0.0.1, port: ${r.port} }`).join(', ')}]
+    keyPrefix: "sc${randomBytes(4).toString('hex')}:"
+routes:
+  - name: cluster-160
+    match: { pathPrefix: /cluster-160 }
+    upstream: ${clusterVendor.url}/v2
+    auth:
+      type: oauth2
+      tokenUrl: ${clusterIdp.url}
+      clientId: fleet
+      clientSecret: fleet-secret
+      scopes: [cluster-160]
+`);
+    pods = await Promise.all(Array.from({ length: PODS }, () => startSidecarProcess(config)));
+    await waitUntil(async () => (await Promise.all(pods.map(readyStore))).every((s) => s === 'ok'), 15_000, 50, 'every pod to report the store ok');
+  });
+
+  afterAll(async () => {
+    await Promise.all(pods.map((p) => p.kill('SIGKILL')));
+    await Promise.all([...relays.map((r) => r.close()), cluster.stop(), clusterIdp.close(), clusterVendor.close()]);
+  });
+
+  it('round trip 160 ms to every master: a cold burst on each of 4 pods makes exactly 1 token call', async () => {
+    const r = await burst('cluster-160', pods);
+    const calls = clusterIdp.requests.length;
+    const fell = await Promise.all(pods.map((p) => counter(p, FALLBACKS, { route: 'cluster-160' })));
+    report(`Cluster, 3 masters, RTT 160 ms | cold burst ${PODS}x${PER_POD} | token calls ${calls} | non-200 ${r.statuses.filter((s) => s !== 200).length} | fallback fetches ${fell.reduce((a, b) => a + b, 0)} | first answer per pod ${fmt(r.firstMs)} ms`);
+    expect(r.bodies).toEqual([]);
+    expect(calls).toBe(1);
+    expect(fell).toEqual([0, 0, 0, 0]);
+  });
+});
+
