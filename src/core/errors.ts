@@ -93,6 +93,8 @@ export type TokenErrorKind = 'rejected' | 'unavailable';
 export interface TokenEndpointErrorOptions {
   route?: string | undefined;
   oauthError?: string | undefined;
+  /** The endpoint's own words (error_description), sanitized: for logs only, never in a problem body. */
+  description?: string | undefined;
   retryAfterMs?: number | undefined;
   httpStatus?: number | undefined;
   cause?: unknown;
@@ -102,6 +104,7 @@ export interface TokenEndpointErrorOptions {
 export class TokenEndpointError extends SidecarError {
   readonly kind: TokenErrorKind;
   readonly oauthError: string | undefined;
+  readonly description: string | undefined;
   readonly retryAfterMs: number | undefined;
   readonly httpStatus: number | undefined;
 
@@ -113,6 +116,7 @@ export class TokenEndpointError extends SidecarError {
     });
     this.kind = kind;
     this.oauthError = opts.oauthError;
+    this.description = opts.description;
     this.retryAfterMs = opts.retryAfterMs;
     this.httpStatus = opts.httpStatus;
   }
@@ -123,6 +127,7 @@ export class TokenEndpointError extends SidecarError {
     return new TokenEndpointError(this.kind, this.message, {
       route,
       oauthError: this.oauthError,
+      description: this.description,
       retryAfterMs: this.retryAfterMs,
       httpStatus: this.httpStatus,
       cause: this.cause,

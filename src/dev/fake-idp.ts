@@ -19,6 +19,8 @@ export type IdpBehavior =
     }
   | { kind: 'oauthError'; status: number; error: string; description?: string; delayMs?: number }
   | { kind: 'status'; status: number; body?: string; contentType?: string; retryAfter?: string; delayMs?: number }
+  /** A careless endpoint: refuses, and quotes what it received (the Authorization header and the form) in its text. */
+  | { kind: 'echo'; status: number; error: string; delayMs?: number }
   | { kind: 'hang' }
   | { kind: 'drop'; delayMs?: number };
 
@@ -95,6 +97,9 @@ export async function startFakeIdp(
         return;
       case 'oauthError':
         sendJson(res, b.status, { error: b.error, ...(b.description !== undefined && { error_description: b.description }) });
+        return;
+      case 'echo':
+        sendJson(res, b.status, { error: b.error, error_description: `got authorization=${req.headers.authorization ?? ''} body=${body.toString('utf8')}` });
         return;
       case 'token':
         break;

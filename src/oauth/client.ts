@@ -6,6 +6,7 @@ import { Agent, request, type Dispatcher } from 'undici';
 import type { OAuth2Auth, TlsMaterial } from '../config/types.js';
 import type { Token } from '../core/token.js';
 import { TokenEndpointError } from '../core/errors.js';
+import { formEncode, sentForms } from './redact.js';
 import { parseTokenResponse } from './response.js';
 
 const MAX_BODY_BYTES = 256 * 1024;
@@ -14,12 +15,14 @@ export interface TokenFetcher {
   fetchToken(routeName: string, auth: OAuth2Auth): Promise<Token>;
 }
 
-/** application/x-www-form-urlencoded for one value, as §2.3.1 asks before Basic encoding. */
-function formEncode(value: string): string {
-  return new URLSearchParams([['', value]]).toString().slice(1);
+export interface TokenRequest {
+  headers: Record<string, string>;
+  body: string;
+  /** Every spelling of a credential this request carries: redacted from anything the answer brings back. */
+  sent: string[];
 }
 
-export function buildTokenRequest(auth: OAuth2Auth): { headers: Record<string, string>; body: string } {
+export function buildTokenRequest(auth: OAuth2Auth): TokenRequest {
   const form = new URLSearchParams();
   form.set('grant_type', 'client_credentials');
   if (auth.scopes.length > 0) form.set('scope', auth.scopes.join(' '));
@@ -30,14 +33,15 @@ export function buildTokenRequest(auth: OAuth2Auth): { headers: Record<string, s
     'content-type': 'application/x-www-form-urlencoded',
     accept: 'application/json',
   };
+  const secret = auth.clientSecret.reveal();
   if (auth.clientAuth === 'client_secret_basic') {
-    const basic = `${formEncode(auth.clientId)}:${formEncode(auth.clientSecret.reveal())}`;
+    const basic = `${formEncode(auth.clientId)}:${formEncode(secret)}`;
     headers['authorization'] = `Basic ${Buffer.from(basic).toString('base64')}`;
-  } else {
-    form.set('client_id', auth.clientId);
-    form.set('client_secret', auth.clientSecret.reveal());
+    return { headers, body: form.toString(), sent: sentForms(secret, [basic, `${auth.clientId}:${secret}`]) };
   }
-  return { headers, body: form.toString() };
+  form.set('client_id', auth.clientId);
+  form.set('client_secret', secret);
+  return { headers, body: form.toString(), sent: sentForms(secret) };
 }
 
 export class OAuthClient implements TokenFetcher {
@@ -47,7 +51,7 @@ export class OAuthClient implements TokenFetcher {
   constructor(private readonly now: () => number = Date.now) {}
 
   async fetchToken(routeName: string, auth: OAuth2Auth): Promise<Token> {
-    const { headers, body } = buildTokenRequest(auth);
+    const { headers, body, sent } = buildTokenRequest(auth);
     const requestedAtMs = this.now();
     let status: number;
     let text: string;
@@ -81,7 +85,7 @@ export class OAuthClient implements TokenFetcher {
         nowMs: this.now(),
         defaultExpiresInMs: auth.defaultExpiresInMs,
         maxLifetimeMs: auth.maxLifetimeMs,
-        redact: [auth.clientSecret.reveal()],
+        redact: sent,
       },
     );
   }

@@ -4,6 +4,7 @@
  */
 import { TokenEndpointError } from '../core/errors.js';
 import { makeToken, type Token } from '../core/token.js';
+import { redact } from './redact.js';
 
 export interface TokenHttpResponse {
   status: number;
@@ -19,7 +20,7 @@ export interface ParseContext {
   nowMs: number;
   defaultExpiresInMs: number;
   maxLifetimeMs: number;
-  /** Strings that must never be echoed into an error (the client secret). */
+  /** Strings that must never be echoed into an error: every spelling of a credential the request carried. */
   redact: readonly string[];
 }
 
@@ -125,11 +126,12 @@ const REJECTING = new Set([
 function errorFromResponse(res: TokenHttpResponse, json: unknown, ctx: ParseContext): TokenEndpointError {
   const retryAfterMs = res.status === 429 || res.status === 503 ? parseRetryAfterMs(res.retryAfter, ctx.nowMs) : undefined;
   const oauth = typeof json === 'object' && json !== null ? (json as Record<string, unknown>) : undefined;
-  const code = typeof oauth?.['error'] === 'string' ? sanitize(oauth['error'], ctx.redact) : undefined;
+  const code = errorCode(oauth?.['error']);
+  // The IdP's free text is for operators (logs), never for the app's problem body: it may quote what it received.
   const description = typeof oauth?.['error_description'] === 'string' ? sanitize(oauth['error_description'], ctx.redact) : undefined;
-  const opts = { route: ctx.route, retryAfterMs, httpStatus: res.status, ...(code ? { oauthError: code } : {}) };
+  const opts = { route: ctx.route, retryAfterMs, httpStatus: res.status, ...(code ? { oauthError: code } : {}), description };
   if (code && res.status >= 400 && res.status < 500 && res.status !== 429 && REJECTING.has(code)) {
-    return new TokenEndpointError('rejected', `token endpoint refused the request: ${code}${description ? ` (${description})` : ''}`, opts);
+    return new TokenEndpointError('rejected', `token endpoint refused the request: ${code}`, opts);
   }
   return new TokenEndpointError('unavailable', `token endpoint answered ${res.status}${code ? ` ${code}` : ` with ${describeBody(res)}`}`, opts);
 }
@@ -161,11 +163,14 @@ function describeBody(res: TokenHttpResponse): string {
   return res.body.length === 0 ? 'an empty body' : `a ${type || 'untyped'} body`;
 }
 
-/** Vendor text going into our errors: printable, short, and never containing our secret. */
-function sanitize(text: string, redact: readonly string[]): string {
+/** Vendor text going into our errors: printable, short, and never containing a credential we sent. */
+function sanitize(text: string, forms: readonly string[]): string {
   // Redact first: cutting or rewriting the text before would leave a secret's prefix, or a secret with non-ASCII
   // characters, unmatched and echoed.
-  let out = text;
-  for (const secret of redact) if (secret.length >= 4) out = out.split(secret).join('[redacted]');
-  return out.replace(/[^\x20-\x7e]/g, '?').slice(0, 200);
+  return redact(text, forms).replace(/[^\x20-\x7e]/g, '?').slice(0, 200);
+}
+
+/** An `error` value as RFC 6749 §5.2 allows it (%x20-21 / %x23-5B / %x5D-7E), else none: it goes into our text. */
+function errorCode(raw: unknown): string | undefined {
+  return typeof raw === 'string' && /^[\x20\x21\x23-\x5b\x5d-\x7e]{1,64}$/.test(raw) ? raw : undefined;
 }

@@ -20,6 +20,10 @@ export function createClient(config: RedisStoreConfig, opts: { requestPath: bool
     ...(config.password ? { password: config.password.reveal() } : {}),
     ...(tls ? { tls } : {}),
     connectTimeout: 2_000,
+    // The ready check runs INFO, which a least-privilege ACL user may not run: ioredis then prints a plain-text warning
+    // on every connect (not JSON, in the pod's log). A Redis still loading answers LOADING, which is an outage to us
+    // like any other (each pod fetches for itself meanwhile), so the check adds nothing.
+    enableReadyCheck: false,
     enableOfflineQueue: !opts.requestPath,
     maxRetriesPerRequest: opts.requestPath ? 0 : null,
     // We subscribe on every 'ready' ourselves, so we know whether it worked.

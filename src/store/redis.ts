@@ -378,9 +378,17 @@ export class RedisStore implements TokenStore {
     client.on('close', () => down());
     client.on('end', () => down());
     // ioredis emits 'error' on every failed reconnect attempt; without a listener the process would crash.
+    // ioredis emits 'error' on every failed reconnect attempt (a listener is also what keeps it from crashing the
+    // process). The cause (WRONGPASS, a certificate, ECONNREFUSED) is worth a warning, once per change of cause.
+    let lastCause: string | undefined;
     client.on('error', (err: unknown) => {
-      if (role === 'commands') this.#connectionError = errMessage(err);
-      this.#log.debug({ event: 'store.error', role, err: errMessage(err) }, 'redis error');
+      const message = errMessage(err);
+      if (role === 'commands') this.#connectionError = message;
+      const cause = message.replace(/\d+\.\d+\.\d+\.\d+:\d+|\[[0-9a-f:]+\]:\d+/gi, 'ADDR');
+      if (cause === lastCause) return this.#log.debug({ event: 'store.error', role, err: message }, 'redis error');
+      lastCause = cause;
+      this.#log.warn({ event: 'store.connect_failed', role, err: message }, `redis ${role} connection failed: ${message}`);
     });
+    client.on('ready', () => (lastCause = undefined));
   }
 }

@@ -62,6 +62,7 @@ export class TokenAudit {
         pod: this.pod,
         code: e.code,
         oauthError: e.oauthError,
+        ...(e.description === undefined ? {} : { oauthErrorDescription: e.description }),
         httpStatus: e.httpStatus,
         consecutiveFailures,
         retryInMs: Math.round(retryInMs),

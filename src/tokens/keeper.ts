@@ -251,7 +251,7 @@ export class Keeper {
       // The caller learns when a retry is due (Retry-After on the 503).
       const error =
         e.retryAfterMs === undefined
-          ? new TokenEndpointError(e.kind, e.message, { route, retryAfterMs: backoffMs, cause: e.cause, oauthError: e.oauthError, httpStatus: e.httpStatus })
+          ? new TokenEndpointError(e.kind, e.message, { route, retryAfterMs: backoffMs, cause: e.cause, oauthError: e.oauthError, description: e.description, httpStatus: e.httpStatus })
           : e;
       return { ok: false, error, failure: { kind: e.kind, message: e.message, untilMs: atMs + backoffMs } };
     }

@@ -423,16 +423,22 @@ describe('failure behaviour', () => {
     }
   });
 
-  it('a wrong password leaves the store degraded, never crashes, and never logs the password', async () => {
+  it('a wrong password leaves the store degraded, never crashes, never logs the password, and says why at warn once', async () => {
     const own = await startRedis({ password: 'right-pass' });
     try {
       const before = lines.length;
       const store = await RedisStore.connect(config(own, { url: `redis://127.0.0.1:${own.port}`, password: new Secret('wrong-pass-xyz') }), log);
       stores.push(store);
-      await new Promise((r) => setTimeout(r, 500));
+      await new Promise((r) => setTimeout(r, 1_000)); // several reconnect attempts
       expect(store.health()).toBe('degraded');
-      expect(await store.get(KEY)).toMatchObject({ ok: false, outage: { op: 'get', reason: 'down' } });
-      expect(lines.slice(before).join('')).not.toContain('wrong-pass-xyz');
+      const answer = await store.get(KEY);
+      expect(answer).toMatchObject({ ok: false, outage: { op: 'get', reason: 'down' } });
+      expect(answer.ok ? '' : answer.outage.message).toMatch(/WRONGPASS/);
+      const logged = lines.slice(before);
+      expect(logged.join('')).not.toContain('wrong-pass-xyz');
+      const warned = logged.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l['level'] === 'warn' && l['event'] === 'store.connect_failed');
+      expect(warned.filter((l) => l['role'] === 'commands')).toHaveLength(1);
+      expect(String(warned[0]?.['err'])).toMatch(/WRONGPASS/);
     } finally {
       await own.stop();
     }

@@ -238,26 +238,35 @@ describe('§5.2 errors', () => {
     expect(fail({ status: 500, retryAfter: '7', body: '' }).retryAfterMs).toBeUndefined();
   });
 
-  it('an error_description containing the client secret is redacted', () => {
+  it("the endpoint's error_description never reaches the message (an app-visible detail); it is kept, redacted, for logs", () => {
     const err = fail({
       status: 401,
       body: JSON.stringify({ error: 'invalid_client', error_description: `client secret ${SECRET} does not match` }),
     });
-    expect(err.message).toContain('[redacted]');
-    expect(err.message).not.toContain(SECRET);
+    expect(err.message).toBe('token endpoint refused the request: invalid_client');
+    expect(err.description).toContain('[redacted]');
+    expect(err.description).not.toContain(SECRET);
   });
 
   it('the secret is redacted even when it sits at the truncation point or holds non-ASCII characters', () => {
     const cut = fail({ status: 401, body: JSON.stringify({ error: 'invalid_client', error_description: `${'x'.repeat(190)}${SECRET}` }) });
-    expect(cut.message).not.toContain(SECRET.slice(0, 6));
+    expect(cut.description).not.toContain(SECRET.slice(0, 6));
 
     const accented = 'pässwörd-Ünïcode';
     const err = fail(
       { status: 401, body: JSON.stringify({ error: 'invalid_client', error_description: `bad secret ${accented}` }) },
       { redact: [accented] },
     );
-    expect(err.message).toContain('[redacted]');
-    expect(err.message).not.toContain('p?ssw?rd');
+    expect(err.description).toContain('[redacted]');
+    expect(err.description).not.toContain('p?ssw?rd');
+  });
+
+  it('an error value outside RFC 6749 §5.2 (quotes, control characters, very long) is not repeated', () => {
+    for (const error of ['invalid"client', 'a\nb', 'x'.repeat(65), 42]) {
+      const err = fail({ status: 400, body: JSON.stringify({ error }) });
+      expect(err.oauthError).toBeUndefined();
+      expect(err.message).toBe('token endpoint answered 400 with a application/json body');
+    }
   });
 
   it('vendor text in errors is printable and short', () => {
