@@ -1,10 +1,11 @@
 #!/usr/bin/env node
 // token-sidecar benchmark: the product side by side with its peers, same run, same pinning.
 //   npm run bench                      full run (≥ 3 interleaved repetitions of 8 s; < 15 min on 2 cores)
-//   node bench/run.mjs --quick         smoke check: 1 repetition, short runs (< 2 min)
+//   node bench/run.mjs --quick         smoke check: 1 repetition, short runs (< 2.5 min)
 // Options: --report=FILE.json (rebuild the Markdown from saved results), --seconds=N --reps=N (override), --proto=DIST_DIR (add a second token-sidecar built from another dist/,
-//   e.g. a prototype, as its own target), --profile (also run token-sidecar under --cpu-prof and print its hottest
-//   functions), --no-install (never apt-get), --only=matrix|startup|fleet (one part, for development).
+//   e.g. a prototype, as its own target), --dist=DIR (run the product and the dev helpers from another build), --profile (also run token-sidecar under --cpu-prof and print its hottest
+//   functions), --no-install (never apt-get), --only=matrix|startup|fleet|slowstore|cluster64[,…] (some parts, for
+//   development; cluster64, 64 sidecars on a Redis Cluster, runs only when named here or with --with-cluster64).
 // Writes bench/results/latest.md (the tables) and bench/results/latest.json (every repetition).
 // See bench/README.md for the method.
 import { execFileSync } from 'node:child_process';
@@ -19,7 +20,8 @@ import {
 } from './lib/procs.mjs';
 import { runWrk } from './lib/wrk.mjs';
 import { nginxConfig, nginxVersion } from './lib/nginx.mjs';
-import { commandDelta, commandStats, redisCli } from './lib/redis.mjs';
+import { commandDelta, commandStats, redisCli, redisPingMs, startRedisCluster } from './lib/redis.mjs';
+import { promGroup, promSum } from './lib/prom.mjs';
 import { findPeer } from './lib/peers.mjs';
 import { summarizeProfile } from './lib/cpuprofile.mjs';
 
@@ -40,7 +42,9 @@ const DISTURBED_SHARE = 0.05;
 /** Redoing stops once this much load time went into redos, so a busy machine cannot stretch the run without bound. */
 const REDO_BUDGET_S = QUICK ? 0 : 60;
 let redoSpentS = 0;
-const ONLY = opt('only');
+const ONLY = opt('only')?.split(',');
+/** Whether a part runs: the ones named by --only, else every part of a full run (`inFull`). */
+const part = (name, inFull = true) => (ONLY ? ONLY.includes(name) : inFull);
 const PROTO_DIST = opt('proto');
 const PROFILE = flag('profile');
 const DIST = resolve(opt('dist') ?? join(root, 'dist'));
@@ -115,7 +119,7 @@ function httpGet(url, { method = 'GET', body } = {}) {
   });
 }
 
-async function waitFor(fn, timeoutMs, what) {
+async function waitFor(fn, timeoutMs, what, everyMs = 10) {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     try {
@@ -125,7 +129,7 @@ async function waitFor(fn, timeoutMs, what) {
       /* not yet */
     }
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(10);
+    await sleep(everyMs);
   }
 }
 
@@ -216,9 +220,9 @@ function entryOf(dist) {
 }
 
 /** Start token-sidecar as its own process (`node dist/token-sidecar.mjs start`, the shipped bundle), stdout (pino JSON) to a file. */
-async function startSidecar({ name, dir, cpus, dist = DIST, nodeArgs = [], env = {}, ...cfg }) {
+async function startSidecar({ name, dir, cpus, dist = DIST, nodeArgs = [], env = {}, yaml, ...cfg }) {
   const configFile = join(dir, `${name}.yaml`);
-  writeFileSync(configFile, sidecarConfig(cfg));
+  writeFileSync(configFile, yaml ?? sidecarConfig(cfg));
   const logFile = join(dir, `${name}.log`);
   writeFileSync(logFile, '');
   const p = startProcess(name, 'node', [...nodeArgs, entryOf(dist), 'start', '--config', configFile], {
@@ -234,8 +238,16 @@ async function startSidecar({ name, dir, cpus, dist = DIST, nodeArgs = [], env =
     }),
   ]);
   const j = JSON.parse(line);
-  return { proc: p, pid: p.pid, proxy: j.proxy, admin: j.admin, logFile };
+  return { name, proc: p, pid: p.pid, proxy: j.proxy, admin: j.admin, logFile };
 }
+
+/** Ready (`/readyz` 200) with the store connected: commands and events (SUBSCRIBE done). */
+async function storeReady(s) {
+  const r = await httpGet(`${s.admin}/readyz`);
+  return r.status === 200 && JSON.parse(r.text).checks?.store === 'ok';
+}
+const waitStoreReady = (pods, timeoutMs = 10_000) =>
+  Promise.all(pods.map((s) => waitFor(() => storeReady(s), timeoutMs, `${s.name} ready with the store connected`, 50)));
 
 async function startNodeTarget(name, script, env, nodeArgs = []) {
   const p = startProcess(name, 'node', [...nodeArgs, join(here, 'targets', script)], { cpus: '1', env: { NODE_OPTIONS: SHIPPED_NODE_OPTIONS, ...env } });
@@ -417,9 +429,14 @@ async function main() {
   const results = { versions, quick: QUICK, seconds: SECONDS, reps: REPS, nodeOptions: SHIPPED_NODE_OPTIONS, notes, matrix: [], startup: [], fleet: [], steady: {}, tail: {}, disturb: disturbLog };
   const stats = { redone: 0, stillDisturbed: 0 };
 
-  if (!ONLY || ONLY === 'matrix') await matrixPhase({ dir, upstream, idp, redis, results, stats, notes });
-  if (!ONLY || ONLY === 'startup') results.startup = await startupPhase({ dir, upstream, idp, redis });
-  if ((!ONLY || ONLY === 'fleet') && redis) results.fleet = await fleetPhase({ dir, upstream, idp, redis });
+  if (part('matrix')) await matrixPhase({ dir, upstream, idp, redis, results, stats, notes });
+  if (part('startup')) results.startup = await startupPhase({ dir, upstream, idp, redis });
+  if (part('fleet') && redis) results.fleet = await fleetPhase({ dir, upstream, idp, redis });
+  if (part('slowstore') && redis) results.slowstore = await slowStorePhase({ dir, upstream, redis });
+  if (part('cluster64', flag('with-cluster64'))) {
+    if (have('redis-server') && have('redis-cli')) results.cluster64 = await cluster64Phase({ dir, upstream });
+    else notes.push('redis-server or redis-cli is not installed: the Redis Cluster part (N = 64) is skipped.');
+  }
   results.stats = stats;
   results.restarts = resilience.restarts;
   results.elapsedS = (Date.now() - startedAt) / 1000;
@@ -782,6 +799,254 @@ async function fleetPhase({ dir, upstream, idp, redis }) {
   return out;
 }
 
+// ---- slow store: the fleet on a Redis that answers late (issue 21) -----------------------------------------------
+/** Round trips to Redis (ms) for the cold bursts and the steady parts; the relay adds half of each, each way. */
+const SLOW_COLD_RTTS = [0, 60, 90, 160, 300];
+const SLOW_STEADY_RTTS = [0, 160];
+/** Measured before the fix (issue 21, commandTimeout 100 ms, no coordination deadline), quoted beside this run's. */
+const SLOW_BEFORE = { cold: { 0: '1', 60: '1', 90: '8', 160: '8', 300: '8' }, steady: { 0: '8 for 6 lifetimes', 160: '63 for 6 lifetimes' } };
+
+/** The slow-store token endpoint: the fake IdP with calls by scope and a settable lifetime (bench/lib/token-endpoint.mjs). */
+async function startTokenEndpoint() {
+  const p = startProcess('token-endpoint', 'node', [join(here, 'lib', 'token-endpoint.mjs'), DIST], { cpus: '0' });
+  const j = await p.waitJson();
+  const post = (path) => httpGet(`${j.control}${path}`, { method: 'POST' });
+  return {
+    proc: p,
+    tokenUrl: j.tokenUrl,
+    /** { scope: [arrival ms, …] } */
+    byScope: async () => JSON.parse((await httpGet(`${j.control}/calls`)).text).byScope,
+    calls: async () => JSON.parse((await httpGet(`${j.control}/calls`)).text).calls,
+    setDelay: (ms) => post(`/delay?ms=${ms}`),
+    setExpires: (s) => post(`/expires?s=${s}`),
+  };
+}
+
+/** The latency relay in front of Redis, its own process (bench/lib/relay.mjs). */
+async function startRelay(port) {
+  const p = startProcess('relay', 'node', [join(here, 'lib', 'relay.mjs'), '127.0.0.1', String(port), DIST], { cpus: '0,1' });
+  const j = await p.waitJson();
+  return { proc: p, port: j.port, url: `redis://127.0.0.1:${j.port}`, setDelay: (oneWayMs) => httpGet(`${j.control}/delay?ms=${oneWayMs}`, { method: 'POST' }) };
+}
+
+/** Other work on the machine over a measurement (CPU-s of processes not the bench's, plus steal; see procs.mjs). */
+function otherWork(mark, seconds) {
+  const o = otherWorkSince(mark);
+  return { cpuS: o.cpu, stealS: o.steal, share: (o.cpu + o.steal) / Math.max(0.001, seconds), top: o.top };
+}
+const otherText = (o) => (o ? `${f2(o.cpuS + o.stealS)} CPU-s (${f0(o.share * 100)} % of a core${o.top.length ? `: ${o.top.map(([c, x]) => `${c} ${x}`).join(', ')}` : ''})` : '–');
+
+/** Sum over pods of the store fallback counter for `route`, by reason, and of the token fetches counter. */
+async function podCounters(pods, route) {
+  const texts = await Promise.all(pods.map(async (s) => (await httpGet(`${s.admin}/metrics`)).text));
+  const fallbacks = {};
+  for (const t of texts) for (const [k, v] of Object.entries(promGroup(t, 'token_sidecar_store_fallback_fetches_total', { route }, 'reason'))) fallbacks[k] = (fallbacks[k] ?? 0) + v;
+  return {
+    fallbacks,
+    fallbackTotal: Object.values(fallbacks).reduce((a, b) => a + b, 0),
+    fetches: texts.reduce((a, t) => a + promSum(t, 'token_sidecar_token_fetches_total', { route }), 0),
+  };
+}
+
+async function slowStorePhase({ dir, upstream, redis }) {
+  const N = 8;
+  const PER = 10;
+  const IDP_MS = 300;
+  const LIFETIME_S = 6;
+  const LIFETIMES = QUICK ? 2 : 6;
+  // The product's default, written into the steady routes so the bound below follows the config.
+  const REFRESH_AHEAD = 0.2;
+  // A lifetime as the fleet lives it (as test/integration/slow-store.test.ts counts it): refresh-ahead replaces a
+  // token once (1 − 1.5 × refreshAhead) of its lifetime has passed at the earliest (the jitter spans 1 to 1.5 ×
+  // refreshAhead), so that is how often the fleet may need a new one: one token call per such period, plus the cold
+  // fetch, plus one that may be in flight when the traffic stops.
+  const PERIOD_S = LIFETIME_S * (1 - 1.5 * REFRESH_AHEAD);
+  const out = { n: N, perPod: PER, idpMs: IDP_MS, lifetimeS: LIFETIME_S, lifetimes: LIFETIMES, refreshAhead: REFRESH_AHEAD, periodS: PERIOD_S, cold: [], steady: [], before: SLOW_BEFORE };
+  const idp = await startTokenEndpoint();
+  await idp.setDelay(IDP_MS);
+  const relay = await startRelay(redis.port);
+  // One fleet for every case, each case on a route of its own (its own scope, so its own credential, store keys and
+  // token calls): a case always starts cold whatever the ones before it left. Store timeouts, lock lease and
+  // refreshAhead left at their defaults: this is what a user gets.
+  const routes = [...SLOW_COLD_RTTS.map((r) => `cold-${r}`), ...SLOW_STEADY_RTTS.map((r) => `steady-${r}`)];
+  const yaml = `version: 1
+listen: 127.0.0.1:0
+admin: 127.0.0.1:0
+store:
+  type: redis
+  redis:
+    url: ${relay.url}
+    keyPrefix: "slow${Date.now() % 100000}:"
+routes:
+${routes.map((r) => `  - name: ${r}\n    match: { pathPrefix: /${r} }\n    upstream: ${upstream.origin}\n    auth: { type: oauth2, tokenUrl: ${idp.tokenUrl}, clientId: demo-client, clientSecret: demo-secret, scopes: [${r}]${r.startsWith('steady') ? `, refreshAhead: ${REFRESH_AHEAD * 100}%` : ''} }\n`).join('')}  - name: warmup
+    match: { pathPrefix: /warmup }
+    upstream: ${upstream.origin}
+    auth: { type: static, value: static-warmup-key }
+`;
+  const pods = await Promise.all(Array.from({ length: N }, (_, i) => startSidecar({ name: `slow-${i}`, dir, cpus: '0,1', yaml })));
+  try {
+    await waitStoreReady(pods, 15_000);
+    let delay = 0;
+    const setRtt = async (rtt) => {
+      const old = delay;
+      delay = rtt / 2;
+      await relay.setDelay(delay);
+      await sleep(2 * old + 50); // whatever was on its way at the old delay lands first
+      await waitStoreReady(pods);
+      return redisPingMs(relay.port);
+    };
+
+    for (const rtt of SLOW_COLD_RTTS) {
+      const route = `cold-${rtt}`;
+      const pingMs = await setRtt(rtt);
+      await sleep(200);
+      const before = (await idp.byScope())[route]?.length ?? 0;
+      const mark = otherWorkMark();
+      const tm = performance.now();
+      const client = startProcess(`slow-client-${rtt}`, 'node', [join(here, 'lib', 'fleet-client.mjs'), `/${route}/small`, '/warmup/small', String(PER), ...pods.map((s) => s.proxy)], { cpus: '0,1' });
+      const res = await client.waitJson('done', 60_000);
+      const other = otherWork(mark, (performance.now() - tm) / 1000);
+      const calls = ((await idp.byScope())[route]?.length ?? 0) - before;
+      const c = await podCounters(pods, route);
+      const firsts = pods.map((_, i) => Math.min(...res.results.filter((r) => r.sidecar === i).map((r) => r.ms)));
+      const ms = res.results.map((r) => r.ms);
+      const row = {
+        rtt, pingMs, requests: res.results.length, non200: res.results.filter((r) => r.status !== 200).length, tokenCalls: calls, podFetches: c.fetches,
+        fallbacks: c.fallbacks, fallbackTotal: c.fallbackTotal, firstP50: pct(firsts, 50), firstMax: Math.max(...firsts),
+        p50: pct(ms, 50), p99: pct(ms, 99), max: Math.max(...ms), other,
+      };
+      out.cold.push(row);
+      log(`slow store, round trip ${rtt} ms (PING ${f2(pingMs)} ms), cold burst ${N}×${PER}: token calls ${calls} (pods count ${c.fetches}), non-200 ${row.non200}, fallback fetches ${c.fallbackTotal} ${JSON.stringify(c.fallbacks)}; first answer per pod p50 ${f0(row.firstP50)} max ${f0(row.firstMax)} ms; all answers p50 ${f0(row.p50)} max ${f0(row.max)} ms; other work ${otherText(other)}`);
+    }
+
+    for (const rtt of SLOW_STEADY_RTTS) {
+      const route = `steady-${rtt}`;
+      const pingMs = await setRtt(rtt);
+      await idp.setExpires(LIFETIME_S);
+      const seconds = LIFETIMES * LIFETIME_S;
+      const mark = otherWorkMark();
+      const tm = performance.now();
+      // 2 loops per pod, 25 ms apart: every pod is in use all the time, so each refreshes ahead on its own timer.
+      const client = startProcess(`slow-steady-${rtt}`, 'node', [join(here, 'lib', 'steady-client.mjs'), `/${route}/small`, String(seconds), '2', '25', ...pods.map((s) => s.proxy)], { cpus: '0,1' });
+      const res = await client.waitJson('done', (seconds + 60) * 1000);
+      const other = otherWork(mark, (performance.now() - tm) / 1000);
+      await idp.setExpires(3600);
+      // Token calls while the traffic ran (the IdP logs a call when it arrives, so one in flight at the end counts).
+      const times = ((await idp.byScope())[route] ?? []).filter((t) => t <= res.stoppedAt);
+      const perLifetime = Array.from({ length: LIFETIMES }, (_, k) =>
+        times.filter((t) => {
+          const i = Math.floor((t - res.startedAt) / (LIFETIME_S * 1000));
+          return Math.min(LIFETIMES - 1, Math.max(0, i)) === k;
+        }).length,
+      );
+      const c = await podCounters(pods, route);
+      const requests = res.requests;
+      const secondsRun = (res.stoppedAt - res.startedAt) / 1000;
+      const periods = secondsRun / PERIOD_S;
+      // Mean time between the refreshes (the calls after the cold one).
+      const intervalS = times.length > 2 ? (times.at(-1) - times[1]) / (times.length - 2) / 1000 : NaN;
+      const row = {
+        rtt, pingMs, seconds: secondsRun, lifetimes: LIFETIMES, periods, bound: Math.floor(periods + 2), tokenCalls: times.length, perLifetime, intervalS, requests,
+        non200: requests - (res.statuses['200'] ?? 0), fallbacks: c.fallbacks, fallbackTotal: c.fallbackTotal, p50: res.p50Ms, p99: res.p99Ms, max: res.maxMs, over100ms: res.over100ms, maxAfterCold: res.maxAfterColdMs, over100msAfterCold: res.over100msAfterCold, other,
+      };
+      out.steady.push(row);
+      log(`slow store, round trip ${rtt} ms (PING ${f2(pingMs)} ms), steady ${f2(row.seconds)} s, ${LIFETIME_S} s tokens: token calls ${row.tokenCalls} for ${LIFETIMES} lifetimes = ${f2(periods)} refresh periods of ${f2(PERIOD_S)} s (bound ${row.bound}; per lifetime ${perLifetime.join('/')}; a refresh every ${f2(intervalS)} s), ${requests} requests, non-200 ${row.non200}, fallback fetches ${c.fallbackTotal}; latency p50 ${f2(row.p50)} p99 ${f2(row.p99)} max ${f2(row.max)} ms, ${row.over100ms} over 100 ms; after the first 2 s max ${f2(row.maxAfterCold)} ms, ${row.over100msAfterCold} over 100 ms; other work ${otherText(other)}`);
+    }
+  } finally {
+    await Promise.all(pods.map((s) => s.proc.stop()));
+    await relay.proc.stop();
+    await idp.proc.stop();
+  }
+  return out;
+}
+
+// ---- N = 64 on a Redis Cluster ----------------------------------------------------------------------------------
+async function cluster64Phase({ dir, upstream }) {
+  const N = 64;
+  const BATCH = 8;
+  const PER = 4;
+  const DELAY = 200;
+  const out = { n: N, batch: BATCH, perPod: PER, idpMs: DELAY, masters: 3 };
+  const clusterDir = tempDir('token-sidecar-bench-cluster-');
+  const t0c = performance.now();
+  const cluster = await startRedisCluster({ dir: clusterDir, masters: 3, cpus: '0' });
+  out.clusterStartS = (performance.now() - t0c) / 1000;
+  log(`cluster: 3 masters on ${cluster.nodes.map((n) => n.port).join(', ')} ok in ${f2(out.clusterStartS)} s`);
+  const keyPrefix = `c64x${Date.now() % 100000}:`;
+  const idp = await startTokenEndpoint();
+  const yaml = `version: 1
+listen: 127.0.0.1:0
+admin: 127.0.0.1:0
+store:
+  type: redis
+  redis:
+    cluster: [${cluster.nodes.map((n) => `{ host: ${n.host}, port: ${n.port} }`).join(', ')}]
+    keyPrefix: "${keyPrefix}"
+routes:
+  - name: bench
+    match: { pathPrefix: ${PREFIX} }
+    upstream: ${upstream.origin}
+    auth: { type: oauth2, tokenUrl: ${idp.tokenUrl}, clientId: demo-client, clientSecret: demo-secret }
+  - name: warmup
+    match: { pathPrefix: /warmup }
+    upstream: ${upstream.origin}
+    auth: { type: static, value: static-warmup-key }
+`;
+  const pods = [];
+  await idp.setDelay(DELAY);
+  try {
+    // In batches, each batch ready (and connected to the cluster) before the next starts: 64 Node start-ups at once
+    // on 2 cores would only measure the run queue.
+    const t0 = performance.now();
+    const startMark = otherWorkMark();
+    const readyMs = [];
+    const batchS = [];
+    for (let b = 0; b < N; b += BATCH) {
+      const tb = performance.now();
+      const batch = await Promise.all(
+        Array.from({ length: Math.min(BATCH, N - b) }, async (_, k) => {
+          const ts = performance.now();
+          const s = await startSidecar({ name: `c64-${b + k}`, dir, cpus: '0,1', yaml });
+          await waitFor(() => storeReady(s), 30_000, `${s.name} ready with the cluster connected`, 50);
+          readyMs.push(performance.now() - ts);
+          return s;
+        }),
+      );
+      pods.push(...batch);
+      batchS.push((performance.now() - tb) / 1000);
+    }
+    out.startS = (performance.now() - t0) / 1000;
+    out.otherStart = otherWork(startMark, out.startS);
+    out.readyP50 = pct(readyMs, 50);
+    out.readyMax = Math.max(...readyMs);
+    out.batchS = batchS;
+    out.rssBytes = pods.reduce((a, s) => a + treeRss(treePids(s.pid)), 0);
+    log(`cluster64: ${N} pods ready in ${f2(out.startS)} s (batches of ${BATCH}: ${batchS.map((x) => x.toFixed(1)).join(' ')} s; each pod start to ready p50 ${f0(out.readyP50)} max ${f0(out.readyMax)} ms), RSS ${mb(out.rssBytes)} MB in all; other work meanwhile ${otherText(out.otherStart)}`);
+    await sleep(500); // let every pod's subscription settle
+    await waitStoreReady(pods, 15_000);
+    const calls0 = await idp.calls();
+    const mark = otherWorkMark();
+    const tm = performance.now();
+    const client = startProcess('c64-client', 'node', [join(here, 'lib', 'fleet-client.mjs'), `${PREFIX}/small`, '/warmup/small', String(PER), ...pods.map((s) => s.proxy)], { cpus: '0,1' });
+    const res = await client.waitJson('done', 120_000);
+    out.other = otherWork(mark, (performance.now() - tm) / 1000);
+    out.tokenCalls = (await idp.calls()) - calls0;
+    const c = await podCounters(pods, 'bench');
+    const firsts = pods.map((_, i) => Math.min(...res.results.filter((r) => r.sidecar === i).map((r) => r.ms)));
+    const ms = res.results.map((r) => r.ms);
+    Object.assign(out, {
+      requests: res.results.length, non200: res.results.filter((r) => r.status !== 200).length, podFetches: c.fetches, fallbacks: c.fallbacks, fallbackTotal: c.fallbackTotal,
+      firstP50: pct(firsts, 50), firstMax: Math.max(...firsts), p50: pct(ms, 50), p99: pct(ms, 99), max: Math.max(...ms),
+    });
+    log(`cluster64: cold burst ${N}×${PER}: token calls ${out.tokenCalls} (pods count ${c.fetches}), non-200 ${out.non200}, fallback fetches ${c.fallbackTotal} ${JSON.stringify(c.fallbacks)}; first answer per pod p50 ${f0(out.firstP50)} max ${f0(out.firstMax)} ms; all answers p50 ${f0(out.p50)} p99 ${f0(out.p99)} max ${f0(out.max)} ms; other work ${otherText(out.other)}`);
+  } finally {
+    await Promise.all(pods.map((s) => s.proc.stop()));
+    await idp.proc.stop();
+    await cluster.stop();
+  }
+  return out;
+}
+
 // ---- report ----------------------------------------------------------------------------------------------------
 function report(R) {
   const L = [];
@@ -882,6 +1147,29 @@ function report(R) {
       verdict(allLogged && worst <= 20),
     ]);
   }
+  const rttName = (rtt) => (rtt === 0 ? '< 1 ms' : `${rtt} ms`);
+  if (R.slowstore?.cold?.length) {
+    const S = R.slowstore;
+    goals.push([
+      `fleet token calls with a slow Redis (N = ${S.n}, cold burst, up to ${Math.max(...S.cold.map((c) => c.rtt))} ms round trip)`,
+      '1',
+      S.cold.map((c) => `${rttName(c.rtt)}: ${c.tokenCalls}`).join(', '),
+      verdict(S.cold.every((c) => c.tokenCalls === 1)),
+    ]);
+  }
+  if (R.slowstore?.steady?.length) {
+    const S = R.slowstore;
+    goals.push([
+      `fleet token calls with a slow Redis, steady state (N = ${S.n}, tokens living ${S.lifetimeS} s, ${S.lifetimes * S.lifetimeS} s of traffic)`,
+      `≤ lifetimes + 2 (a lifetime as the fleet lives it: refreshAhead ${S.refreshAhead * 100} % replaces a ${S.lifetimeS} s token after ${f2(S.periodS)} s at the earliest)`,
+      S.steady.map((t) => `${rttName(t.rtt)}: ${t.tokenCalls} calls in ${f0(t.seconds)} s = ${t.lifetimes} token lifetimes, ${f2(t.periods)} as the fleet lives them (bound ${t.bound})`).join('; '),
+      verdict(S.steady.every((t) => t.tokenCalls <= t.bound)),
+    ]);
+  }
+  if (R.cluster64?.tokenCalls !== undefined) {
+    const C = R.cluster64;
+    goals.push([`fleet token calls on a ${C.masters}-master Redis Cluster (N = ${C.n}, cold burst)`, '1', String(C.tokenCalls), verdict(C.tokenCalls === 1)]);
+  }
   if (R.steady && R.steady.tokenCalls !== undefined) {
     const redisPart = R.steady.redisTotal !== undefined ? `${f2(R.steady.redisPer10k)} Redis commands / 10k (${R.steady.redisTotal} over ${f0(R.steady['sidecar-redis']?.requests)} requests)` : 'Redis not measured';
     goals.push(['Redis commands and token calls per 10k warm requests', '0 and 0', `${redisPart}; ${f2(R.steady.tokenCallsPer10k)} token calls / 10k`, verdict((R.steady.redisTotal ?? 0) === 0 && R.steady.tokenCalls === 0)]);
@@ -922,6 +1210,36 @@ function report(R) {
     for (const f of R.fleet) row([f.n, `${f.requests} (${f.ok})`, f.tokenCalls, f0(f.tokenMs), `${f2(f.tokenWaitP50)} / ${f2(f.tokenWaitP99)} / ${f2(f.tokenWaitMax)}`, `${f2(f.p50)} / ${f2(f.p99)} / ${f2(f.max)}`, `${f2(f.firstP50)} / ${f2(f.firstMax)}`, f.waiters ? `${f0(f.waitP50)} / ${f0(f.waitMax)}` : '– (no waiting pod)']);
     L.push('');
     L.push("Token wait (the judged column) = each request's own wait for its token, from its pod's request log (`tokenWaitMs`: from the request's arrival to the token in hand, whether the pod fetched it, waited on another pod's lock or read it from Redis), minus the holder's token endpoint call. End to end = each request's latency at the client, from the moment it was sent, minus the token endpoint's 200 ms: it adds forwarding N × 50 cold requests through N sidecars, the upstream and the client on 2 cores, which is CPU queueing, not waiting for the token (at N = 16 that is 800 requests). A pod's first answer shows when its waiters got the token. The last column comes from each pod's `/metrics` (`lock_wait_seconds` minus the holder's `token_refresh_duration_seconds`, whole ms): the coordination cost alone. Client connections, each pod's forwarding path and its upstream connections are warmed first through a static-key route to the same upstream, so no token is involved before the burst.");
+    L.push('');
+  }
+
+  if (R.slowstore?.cold?.length || R.slowstore?.steady?.length) {
+    const S = R.slowstore;
+    const fb = (x) => (x.fallbackTotal ? `${x.fallbackTotal} (${Object.entries(x.fallbacks).filter(([, v]) => v).map(([k, v]) => `${k} ${v}`).join(', ')})` : '0');
+    L.push(`## Slow Redis: N = ${S.n} sidecars on one Redis through a latency relay, token endpoint slowed to ${S.idpMs} ms`);
+    L.push('');
+    row(['Redis round trip (PING measured)', 'part', 'token endpoint calls', 'before the fix (issue 21, quoted)', 'requests (non-200)', "each pod's first answer p50 / max ms", 'request latency p50 / p99 / max ms', 'store fallback fetches, Σ pods (by reason)', 'other work on the machine meanwhile']);
+    row(['---', '---', '---:', '---:', '---:', '---:', '---:', '---', '---']);
+    for (const c of S.cold) {
+      row([`${rttName(c.rtt)} (${f2(c.pingMs)})`, `cold burst, ${S.perPod} requests per pod`, c.tokenCalls, S.before?.cold?.[c.rtt] ?? '–', `${c.requests} (${c.non200})`, `${f0(c.firstP50)} / ${f0(c.firstMax)}`, `${f0(c.p50)} / ${f0(c.p99)} / ${f0(c.max)}`, fb(c), otherText(c.other)]);
+    }
+    for (const t of S.steady) {
+      row([`${rttName(t.rtt)} (${f2(t.pingMs)})`, `steady, tokens living ${S.lifetimeS} s, ${f0(t.seconds)} s of traffic`, `${t.tokenCalls} for ${t.lifetimes} lifetimes (per lifetime ${t.perLifetime.join('/')}; a refresh every ${f2(t.intervalS)} s; bound ${t.bound})`, S.before?.steady?.[t.rtt] ?? '–', `${t.requests} (${t.non200})`, '–', `${f2(t.p50)} / ${f2(t.p99)} / ${f0(t.max)}; after the first 2 s max ${f0(t.maxAfterCold)}, ${t.over100msAfterCold ?? '–'} over 100 ms`, fb(t), otherText(t.other)]);
+    }
+    L.push('');
+    L.push(`Method: ${S.n} sidecar processes share one redis-server through a TCP relay (\`dist/dev/latency-relay.js\`, its own process) that delays every chunk by half the round trip each way; the PING column is one measured through the relay on an open connection. Store timeouts (\`commandTimeout\`, \`coordinationTimeout\`: 1 s each), the lock lease and \`refreshAhead\` (20 %) are left at their defaults. Every case has a route (and scope) of its own, so it starts cold and its token calls are counted apart, by scope, at the token endpoint. Cold burst: every pod ready with its store connected, client connections warmed through a static-key route, then ${S.perPod} concurrent requests per pod at once; answer times are from the burst's start and include the token endpoint's ${S.idpMs} ms. Steady: the token endpoint answers \`expires_in: ${S.lifetimeS}\`, and 2 closed loops per pod (a request, then 25 ms) run for ${S.lifetimes} lifetimes (${S.lifetimes * S.lifetimeS} s); latency after the first 2 s leaves out the requests that waited for the cold fetch; calls are counted from the first request to the end of the traffic and split into ${S.lifetimeS} s windows (the first holds the cold fetch). With \`refreshAhead: ${S.refreshAhead * 100}%\` (the default, written into these routes) each pod replaces a token between ${f2(S.periodS)} and ${f2(S.lifetimeS * (1 - S.refreshAhead))} s into its life, so one call per refresh is a call every ~${f2(S.periodS)} s (the earliest of ${S.n} pods' jittered timers), more than one per ${S.lifetimeS} s window: the bound counts refresh periods (traffic time / ${f2(S.periodS)} s, as test/integration/slow-store.test.ts does) + the cold fetch + one in flight at the end. Fallback fetches: \`token_sidecar_store_fallback_fetches_total\` summed over the pods' \`/metrics\` (a pod fetched alone because the fleet could not coordinate). Other work: CPU time of the processes that are not the bench's, plus steal, over each measurement (the matrix's disturbance count): reported, not redone. The "before the fix" column is the table measured before issue 21 was fixed, not this run.`);
+    L.push('');
+  }
+
+  if (R.cluster64?.tokenCalls !== undefined) {
+    const C = R.cluster64;
+    L.push(`## Fleet on a Redis Cluster: N = ${C.n} sidecars, ${C.masters} masters, cold, ${C.perPod} concurrent requests each, token endpoint slowed to ${C.idpMs} ms`);
+    L.push('');
+    row(['N', 'requests (non-200)', 'token endpoint calls', "each pod's first answer p50 / max ms", 'request latency p50 / p99 / max ms', 'store fallback fetches, Σ pods', `pods started (batches of ${C.batch}) s`, 'each pod start to ready p50 / max ms', 'RSS of the pods, MB', 'other work on the machine during the start / the burst']);
+    row(['---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---']);
+    row([C.n, `${C.requests} (${C.non200})`, C.tokenCalls, `${f0(C.firstP50)} / ${f0(C.firstMax)}`, `${f0(C.p50)} / ${f0(C.p99)} / ${f0(C.max)}`, C.fallbackTotal ? `${C.fallbackTotal} ${JSON.stringify(C.fallbacks)}` : '0', f2(C.startS), `${f0(C.readyP50)} / ${f0(C.readyMax)}`, mb(C.rssBytes), `${otherText(C.otherStart)} / ${otherText(C.other)}`]);
+    L.push('');
+    L.push(`Method: a ${C.masters}-master cluster (no replicas, \`redis-server --cluster-enabled yes\` on free ports, \`redis-cli --cluster create … --cluster-replicas 0\`; up in ${f2(C.clusterStartS)} s), store config \`redis: { cluster: [the ${C.masters} nodes] }\`. The pods start ${C.batch} at a time, each batch ready (\`/readyz\` 200, store connected) before the next (batches took ${C.batchS.map((x) => x.toFixed(1)).join(', ')} s); "start to ready" is spawn to that point, per pod, under the start-ups of its own batch. Then, as in the fleet part, client connections are warmed through a static-key route and ${C.perPod} requests per pod are sent at once; answer times are from the burst's start and include the token endpoint's ${C.idpMs} ms (${C.n} × ${C.perPod} cold requests forwarded on 2 cores). RSS: the pods' VmRSS summed, idle after start. Other work: CPU time of the processes that are not the bench's, plus steal (reported, not redone).`);
     L.push('');
   }
 
