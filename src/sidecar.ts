@@ -2,7 +2,8 @@
  * The running sidecar: one config → token keeping (wiring.ts), forwarder, the app listener and the admin listener. The CLI runs
  * one of these per process; tests run them in-process or as child processes.
  */
-import { createServer, type Server } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerOptions } from 'node:http';
+import type { Duplex } from 'node:stream';
 import type { AddressInfo } from 'node:net';
 import { Pool } from 'undici';
 import type { Config } from './config/types.js';
@@ -16,13 +17,75 @@ import { Forwarder } from './proxy/forward.js';
 import { buildRouteTable } from './proxy/match.js';
 import { ProxyHandler } from './proxy/server.js';
 import type { AccessLog } from './proxy/access-log.js';
-import { sendErrorOnSocket } from './http/problem.js';
+import { answerClientError, sendErrorOnSocket } from './http/problem.js';
 import { createAdminServer, type Readiness } from './admin/server.js';
 import { adminApi } from './admin/api.js';
 import { Metrics } from './admin/metrics.js';
 
 /** Longest a start waits for the shared store before listening anyway. */
 export const STORE_START_WAIT_MS = 1_000;
+
+// Listener limits (docs/operations.md, "Limits"). Node's defaults (60 s for headers, checked only every 30 s; 300 s
+// for a request; no cap on connections) let slow or idle clients hold sockets and memory for minutes.
+
+/** The app's request headers must all arrive within this (a slowloris is cut here, with 408). Apps on loopback send them in one write. */
+export const PROXY_HEADERS_TIMEOUT_MS = 10_000;
+/**
+ * The whole request, body included, must arrive within this (408 if no answer started yet, else the connection is
+ * cut). A streamed body moves as fast as the vendor takes it, so this bounds the longest upload: 2 min is ~120 MiB
+ * at 1 MiB/s, far above the documents these APIs take, and still cuts a body that trickles.
+ */
+export const PROXY_REQUEST_TIMEOUT_MS = 120_000;
+/**
+ * Apps on localhost keep connections open; outlive typical client idle timeouts (60 s is common) so a reused socket
+ * is never closed under a request in flight. Node closes an idle socket 1 s after this.
+ */
+export const PROXY_KEEP_ALIVE_TIMEOUT_MS = 65_000;
+/**
+ * Connections the app listener holds at once, idle keep-alive ones included; past it Node accepts and closes at once.
+ * One pod's app rarely needs a few hundred; each costs a file descriptor and some kilobytes, so 1024 stays well inside
+ * a sidecar's memory and fd limits.
+ */
+export const PROXY_MAX_CONNECTIONS = 1_024;
+/** Admin requests (probes, scrapes, operators) are small: their headers get less time than the app's. */
+export const ADMIN_HEADERS_TIMEOUT_MS = 5_000;
+/** Admin requests have no body worth waiting for (a refresh's answer may take longer: only receiving the request counts). */
+export const ADMIN_REQUEST_TIMEOUT_MS = 10_000;
+/** Node's default, explicit: probes open a connection per check, Prometheus reconnects per scrape at worst. */
+export const ADMIN_KEEP_ALIVE_TIMEOUT_MS = 5_000;
+/** The admin listener faces the pod network: kubelet probes, a scraper and operators need a handful, not hundreds. */
+export const ADMIN_MAX_CONNECTIONS = 64;
+/** How often Node looks for requests past headersTimeout/requestTimeout: they are enforced to within this (Node's default is 30 s). */
+export const TIMEOUT_CHECK_INTERVAL_MS = 1_000;
+/** At most one `connections.dropped` warning per listener per this long (the count says how many). */
+export const DROPPED_LOG_INTERVAL_MS = 10_000;
+
+/** One listener's settings; `Sidecar.start` takes overrides (tests use small ones). */
+export interface ListenerLimits {
+  headersTimeoutMs: number;
+  requestTimeoutMs: number;
+  keepAliveTimeoutMs: number;
+  maxConnections: number;
+  timeoutCheckIntervalMs: number;
+}
+
+export const PROXY_LIMITS: Readonly<ListenerLimits> = {
+  headersTimeoutMs: PROXY_HEADERS_TIMEOUT_MS,
+  requestTimeoutMs: PROXY_REQUEST_TIMEOUT_MS,
+  keepAliveTimeoutMs: PROXY_KEEP_ALIVE_TIMEOUT_MS,
+  maxConnections: PROXY_MAX_CONNECTIONS,
+  timeoutCheckIntervalMs: TIMEOUT_CHECK_INTERVAL_MS,
+};
+
+export const ADMIN_LIMITS: Readonly<ListenerLimits> = {
+  headersTimeoutMs: ADMIN_HEADERS_TIMEOUT_MS,
+  requestTimeoutMs: ADMIN_REQUEST_TIMEOUT_MS,
+  keepAliveTimeoutMs: ADMIN_KEEP_ALIVE_TIMEOUT_MS,
+  maxConnections: ADMIN_MAX_CONNECTIONS,
+  timeoutCheckIntervalMs: TIMEOUT_CHECK_INTERVAL_MS,
+};
+
+const TUNNEL_ALLOW = 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS';
 
 export interface SidecarOptions {
   config: Config;
@@ -31,6 +94,8 @@ export interface SidecarOptions {
   accessLog?: AccessLog;
   store?: TokenStore;
   fetcher?: TokenFetcher;
+  /** Overrides of the listener limits (for tests; production runs on PROXY_LIMITS and ADMIN_LIMITS). */
+  limits?: { proxy?: Partial<ListenerLimits>; admin?: Partial<ListenerLimits> };
 }
 
 export class Sidecar {
@@ -78,18 +143,25 @@ export class Sidecar {
     const { manager } = keeping;
     const forwarder = new Forwarder();
     const handler = new ProxyHandler({ manager, forwarder, log, ...(opts.accessLog ? { accessLog: opts.accessLog } : {}), observer: metrics.requests }, { table: buildRouteTable(config.routes) });
-    // Apps on localhost keep connections open; outlive typical client idle timeouts so a reused socket is never
-    // closed under a request in flight.
-    const proxyServer = createServer({ keepAliveTimeout: 65_000 }, handler.handle);
-    proxyServer.on('connect', (_req, socket) => {
-      sendErrorOnSocket(socket, new SidecarError('TUNNEL_NOT_SUPPORTED', 'CONNECT is not supported: call http:// and the sidecar opens TLS to the vendor', { allow: 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS' }));
-    });
+    const proxyLimits = { ...PROXY_LIMITS, ...opts.limits?.proxy };
+    const adminLimits = { ...ADMIN_LIMITS, ...opts.limits?.admin };
+    const proxyServer = createServer(serverOptions(proxyLimits), handler.handle);
+    // RFC 9110 §10.1.1: a client that sent `Expect: 100-continue` waits before sending its body; the exchange sends
+    // 100 only once it will read the body, so an unmatched or refused request is answered without the upload.
+    proxyServer.on('checkContinue', handler.handleExpectContinue);
+    proxyServer.on('connect', refuseTunnel);
+    proxyServer.on('clientError', answerClientError);
+    guardConnections(proxyServer, proxyLimits, log, 'listen');
     let sidecar: Sidecar | undefined;
     const api = adminApi({ metrics, manager, routes: () => sidecar?.config.routes ?? config.routes });
-    const adminServer = createAdminServer({
-      readiness: () => sidecar?.readiness() ?? { ready: false, checks: { starting: 'failing' } },
-      extra: api,
-    });
+    const adminServer = createAdminServer(
+      {
+        readiness: () => sidecar?.readiness() ?? { ready: false, checks: { starting: 'failing' } },
+        extra: api,
+      },
+      serverOptions(adminLimits),
+    );
+    guardConnections(adminServer, adminLimits, log, 'admin');
     sidecar = new Sidecar(config, log, keeping.store, manager, metrics, handler, forwarder, keeping, proxyServer, adminServer);
     try {
       await listen(proxyServer, config.listen.host, config.listen.port, 'listen');
@@ -169,6 +241,41 @@ async function primeHttpPaths(adminUrl: string): Promise<void> {
   } finally {
     await pool.destroy();
   }
+}
+
+function serverOptions(limits: ListenerLimits): ServerOptions {
+  return {
+    headersTimeout: limits.headersTimeoutMs,
+    requestTimeout: limits.requestTimeoutMs,
+    keepAliveTimeout: limits.keepAliveTimeoutMs,
+    connectionsCheckingInterval: limits.timeoutCheckIntervalMs,
+  };
+}
+
+/**
+ * Cap the listener's connections. Past the cap Node accepts and closes at once (the client sees its connection
+ * closed or reset before any byte); that is logged, at most once per DROPPED_LOG_INTERVAL_MS, with a count.
+ */
+function guardConnections(server: Server, limits: ListenerLimits, log: Logger, listener: string): void {
+  server.maxConnections = limits.maxConnections;
+  let dropped = 0;
+  let lastLogMs = -Infinity;
+  server.on('drop', () => {
+    dropped++;
+    const nowMs = performance.now();
+    if (nowMs - lastLogMs < DROPPED_LOG_INTERVAL_MS) return;
+    lastLogMs = nowMs;
+    log.warn({ event: 'connections.dropped', listener, dropped, maxConnections: limits.maxConnections }, `${listener}: connection refused, at maxConnections`);
+    dropped = 0;
+  });
+}
+
+/**
+ * CONNECT: a token cannot be added inside a tunnel. Node hands the socket over with no error listener of its own, so
+ * sendErrorOnSocket gives it one: a client that resets (curl does, right after reading the 405) must not end the process.
+ */
+function refuseTunnel(_req: IncomingMessage, socket: Duplex): void {
+  sendErrorOnSocket(socket, new SidecarError('TUNNEL_NOT_SUPPORTED', 'CONNECT is not supported: call http:// and the sidecar opens TLS to the vendor', { allow: TUNNEL_ALLOW }));
 }
 
 function urlOf(server: Server): string {

@@ -3,9 +3,9 @@
  * from the one code table. Liveness never depends on the token endpoint
  * or the store (an IdP outage must not restart-loop pods); readiness is documented in docs/operations.md.
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerOptions, type ServerResponse } from 'node:http';
 import { SidecarError, toSidecarError } from '../core/errors.js';
-import { sendError } from '../http/problem.js';
+import { answerClientError, sendError } from '../http/problem.js';
 
 export interface Readiness {
   ready: boolean;
@@ -24,8 +24,12 @@ export function sendJson(res: ServerResponse, status: number, body: unknown): vo
   res.end(text);
 }
 
-export function createAdminServer(routes: AdminRoutes): Server {
-  return createServer((req, res) => {
+/**
+ * `listener`: Node's server settings (timeouts); the caller sets `maxConnections` on the result. Malformed requests and
+ * clients that reset are answered or dropped by `answerClientError`, never an unhandled error.
+ */
+export function createAdminServer(routes: AdminRoutes, listener: ServerOptions = {}): Server {
+  const server = createServer(listener, (req, res) => {
     void (async () => {
       const path = (req.url ?? '/').split('?')[0];
       if (req.method === 'GET' && path === '/healthz') return sendJson(res, 200, { status: 'ok' });
@@ -37,4 +41,6 @@ export function createAdminServer(routes: AdminRoutes): Server {
       sendError(res, new SidecarError('NOT_FOUND', `no such path: ${path ?? '/'}`));
     })().catch((err: unknown) => sendError(res, toSidecarError(err)));
   });
+  server.on('clientError', answerClientError);
+  return server;
 }

@@ -77,7 +77,16 @@ export class ProxyHandler {
   }
 
   readonly handle = (req: IncomingMessage, res: ServerResponse): void => {
-    new Exchange(this.#deps, this.#snapshot, req, res).start();
+    new Exchange(this.#deps, this.#snapshot, req, res, false).start();
+  };
+
+  /**
+   * The server's 'checkContinue' (`Expect: 100-continue`, RFC 9110 §10.1.1): the same exchange, which sends 100 only
+   * when it is about to read the body (route matched, request accepted, token in hand). Any earlier answer goes out
+   * without it, and Node then closes the connection, since the body was never read.
+   */
+  readonly handleExpectContinue = (req: IncomingMessage, res: ServerResponse): void => {
+    new Exchange(this.#deps, this.#snapshot, req, res, true).start();
   };
 }
 
@@ -115,6 +124,8 @@ class Exchange implements UpstreamListener {
     private readonly snapshot: ProxySnapshot,
     private readonly req: IncomingMessage,
     private readonly res: ServerResponse,
+    /** The client waits for 100 Continue before it sends the body. */
+    private readonly expectsContinue: boolean,
   ) {
     // Propagate the app's request id, or give the request one, so the vendor, the app and our log line agree.
     const fromApp = req.headers['x-request-id'];
@@ -160,6 +171,10 @@ class Exchange implements UpstreamListener {
   }
 
   #readBody(route: Route): void {
+    // The app left while the request waited (for its token): its body will never come; #send logs CLIENT_CLOSED.
+    if (this.#clientGone) return this.#send(route);
+    // Only now is the body wanted: tell a client that waits for it to send it.
+    if (this.expectsContinue) this.res.writeContinue();
     const plan = bodyPlan(route, this.req.headers);
     if (plan !== 'buffer') {
       this.#bodyKept = plan === 'none';

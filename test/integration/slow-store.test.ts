@@ -157,6 +157,8 @@ let relay: LatencyRelay;
 let idp: FakeIdp;
 let vendor: EchoVendor;
 const agent = new Agent({ connections: 64, keepAliveTimeout: 10_000 });
+// Shared by both fleets below: closed once, after the last.
+afterAll(() => agent.close());
 let fleet: SidecarProcess[] = [];
 /** One line per case, so the figures can be quoted. */
 function report(line: string): void {
@@ -288,7 +290,6 @@ describe('a fleet of 4 on a slow Redis (through a latency relay)', () => {
   afterAll(async () => {
     await Promise.all(fleet.map((p) => p.kill('SIGKILL')));
     await Promise.all([relay.close(), redis.stop(), idp.close(), vendor.close()]);
-    await agent.close();
   });
 
   afterEach(() => {
