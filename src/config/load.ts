@@ -2,41 +2,30 @@
  * routes.yaml → Config. Every problem (YAML syntax, schema, unset env vars, unreadable files, insecure URLs) is
  * collected with its path and reported together, so one `validate` run shows everything to fix.
  */
-import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
 import { isAbsolute, resolve, dirname } from 'node:path';
-import { LineCounter, parseDocument } from 'yaml';
 import type { z } from 'zod';
 import { configSchema, type RawConfig, type RawRedis, type RawRoute, type RawTls, type SecretRef } from './schema.js';
 import { Secret } from '../core/secret.js';
 import type { Config, RedisStoreConfig, Route, StoreConfig, TlsMaterial } from './types.js';
-import { isLoopbackHost } from './units.js';
+import { CONFIG_FILE_MAX_BYTES, readFileDigest, SECRET_FILE_MAX_BYTES, unreadable, UNSETTLED_DIGEST, type FileDigests } from './files.js';
+import { findUnsafeChar } from './text.js';
+import { formatHostPort, isLoopbackHost, isLoopbackListenHost } from './units.js';
+import { parseYaml } from './yaml.js';
 import { credentialIdentity } from '../core/credential.js';
 
-/**
- * What a load read of each file, by path: a digest of the very bytes it parsed, so a watcher that compares the disk
- * with these sees every change made after the read (re-reading the disk afterwards would miss one made in between).
- */
-export type FileDigests = ReadonlyMap<string, string>;
+export type { FileDigests } from './files.js';
 
 export type LoadResult =
   | { ok: true; config: Config; warnings: string[]; files: string[]; digests: FileDigests }
   | { ok: false; problems: string[]; files: string[]; digests: FileDigests };
 
-/** A load that read the same file twice and saw two contents: equal to no digest, so a watcher reloads. */
-export const UNSETTLED_DIGEST = 'unsettled';
 
-export type FileRead = { digest: string; content: Buffer } | { digest: string; content: undefined; code: string };
+/** Longest text of an unexpected error put in a problem. */
+const ERROR_TEXT_MAX_CHARS = 300;
 
-/** One read of a file, with the digest of exactly those bytes (or of why it could not be read). */
-export async function readFileDigest(file: string): Promise<FileRead> {
-  try {
-    const content = await readFile(file);
-    return { digest: createHash('sha256').update(content).digest('hex'), content };
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code ?? 'error';
-    return { digest: `missing:${code}`, content: undefined, code };
-  }
+function errorText(err: unknown): string {
+  const text = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+  return text.length > ERROR_TEXT_MAX_CHARS ? `${text.slice(0, ERROR_TEXT_MAX_CHARS)}…` : text;
 }
 
 export function formatPath(path: readonly PropertyKey[]): string {
@@ -60,10 +49,11 @@ export async function loadConfigSource(
   file: string,
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<{ result: LoadResult; text: string }> {
-  const read = await readFileDigest(file);
+  const read = await readFileDigest(file, CONFIG_FILE_MAX_BYTES);
   if (read.content === undefined) {
     const digests = new Map([[file, read.digest]]);
-    return { result: { ok: false, problems: [`${file}: cannot read (${read.code})`], files: [file], digests }, text: '' };
+    const problem = `${file}: ${unreadable(read.refusal, undefined, 'the config file')}`;
+    return { result: { ok: false, problems: [problem], files: [file], digests }, text: '' };
   }
   const text = read.content.toString('utf8');
   const result = await loadConfigText(text, { env, baseDir: dirname(resolve(file)), fileName: file });
@@ -82,24 +72,25 @@ function noteDigest(digests: Map<string, string>, file: string, digest: string):
   digests.set(file, seen === undefined || seen === digest ? digest : UNSETTLED_DIGEST);
 }
 
+/** Never rejects: whatever goes wrong in parsing is a problem of the file (exit 1, a refused reload), not a crash. */
 export async function loadConfigText(
   text: string,
   opts: { env?: NodeJS.ProcessEnv; baseDir?: string; fileName?: string } = {},
 ): Promise<LoadResult> {
   const fileName = opts.fileName ?? 'routes.yaml';
-  // yaml fills `linePos` only with prettyErrors; a LineCounter gives the position without the multi-line message.
-  const lineCounter = new LineCounter();
-  const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true, lineCounter });
-  if (doc.errors.length > 0) {
-    const problems = doc.errors.map((e) => {
-      const pos = e.linePos?.[0] ?? lineCounter.linePos(e.pos[0]);
-      return `${fileName}${pos ? `:${pos.line}:${pos.col}` : ''}: ${e.message.split('\n')[0] ?? e.message}`;
-    });
-    return { ok: false, problems, files: [], digests: new Map() };
-  }
-  const js: unknown = doc.toJS();
-  const parsed = configSchema.safeParse(js);
   const resolver = new SecretResolver(opts.env ?? process.env, opts.baseDir ?? process.cwd());
+  try {
+    return await loadParsed(text, fileName, resolver);
+  } catch (err) {
+    return { ok: false, problems: [`${fileName}: cannot load: ${errorText(err)}`], files: resolver.files, digests: resolver.digests };
+  }
+}
+
+async function loadParsed(text: string, fileName: string, resolver: SecretResolver): Promise<LoadResult> {
+  const yaml = parseYaml(text, fileName);
+  if (!yaml.ok) return { ok: false, problems: yaml.problems, files: [], digests: new Map() };
+  const js = yaml.value;
+  const parsed = configSchema.safeParse(js);
   if (!parsed.success) {
     // Report everything in one run: the schema problems, and also the secret references and plain-http URLs of
     // the parts that could be read.
@@ -110,7 +101,14 @@ export async function loadConfigText(
   const config = await build(parsed.data, resolver);
   const problems = [...insecureUrls(js), ...resolver.problems];
   if (problems.length > 0) return { ok: false, problems, files: resolver.files, digests: resolver.digests };
-  return { ok: true, config, warnings: resolver.warnings, files: resolver.files, digests: resolver.digests };
+  const warnings = [...exposureWarnings(config), ...resolver.warnings];
+  return { ok: true, config, warnings, files: resolver.files, digests: resolver.digests };
+}
+
+/** Said at every start (and validate): the schema refuses this unless allowExternalListen asks for it. */
+function exposureWarnings(config: Config): string[] {
+  if (isLoopbackListenHost(config.listen.host)) return [];
+  return [`listen: ${formatHostPort(config.listen)} is reachable from outside the pod and has no authentication (allowExternalListen: true)`];
 }
 
 function zodProblems(error: z.ZodError): string[] {
@@ -144,20 +142,43 @@ function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-/** Every `{ fromEnv }` / `{ fromFile }` reference in a document the schema refused, checked as build() would. */
+/** Where a secret goes decides what it may contain (see SecretUse); the raw walk finds it by its path. */
+function useAt(path: string): SecretUse | undefined {
+  if (/^routes\[\d+\]\.auth\.value$/.test(path)) return 'header';
+  if (/^routes\[\d+\]\.auth\.(clientId|clientSecret)$/.test(path)) return 'credential';
+  return undefined;
+}
+
+/**
+ * Every `{ fromEnv }` / `{ fromFile }` reference (and every literal header value or client credential) in a document
+ * the schema refused, checked as build() would.
+ */
 async function checkRawSecrets(node: unknown, path: PropertyKey[], r: SecretResolver): Promise<void> {
   if (Array.isArray(node)) {
     for (const [i, v] of node.entries()) await checkRawSecrets(v, [...path, i], r);
     return;
   }
+  if (typeof node === 'string') {
+    const use = useAt(formatPath(path));
+    if (use) await r.get(node, formatPath(path), { use });
+    return;
+  }
   if (!isRecord(node)) return;
   const keys = Object.keys(node);
   if (keys.length === 1 && (typeof node['fromEnv'] === 'string' || typeof node['fromFile'] === 'string')) {
-    await r.get(node as SecretRef, formatPath(path));
+    const at = formatPath(path);
+    await r.get(node as SecretRef, at, { use: useAt(at) });
     return;
   }
   for (const k of keys) await checkRawSecrets(node[k], [...path, k], r);
 }
+
+/**
+ * `header`: sent in a request header as it is (a static value), so it must be a valid field value. `credential`: a
+ * client id or secret; a line break or control character there is never part of it (a file saved with a blank line
+ * at its end) and would only come back as TOKEN_REJECTED.
+ */
+type SecretUse = 'header' | 'credential';
 
 class SecretResolver {
   readonly problems: string[] = [];
@@ -170,32 +191,45 @@ class SecretResolver {
     private readonly baseDir: string,
   ) {}
 
-  async get(ref: SecretRef, path: string, opts: { literalWarning?: boolean } = {}): Promise<string> {
+  async get(ref: SecretRef, path: string, opts: { literalWarning?: boolean; use?: SecretUse | undefined } = {}): Promise<string> {
     if (typeof ref === 'string') {
       if (opts.literalWarning) this.warnings.push(`${path}: a literal value in the config file; prefer fromEnv or fromFile`);
+      this.#checkUse(ref, path, '', opts.use);
       return ref;
     }
     if ('fromEnv' in ref) {
       const value = this.env[ref.fromEnv];
       if (value === undefined || value === '') this.problems.push(`${path}: environment variable ${ref.fromEnv} is not set`);
+      else this.#checkUse(value, path, `environment variable ${ref.fromEnv} `, opts.use);
       return value ?? '';
     }
     const file = isAbsolute(ref.fromFile) ? ref.fromFile : resolve(this.baseDir, ref.fromFile);
     this.files.push(file);
-    const read = await readFileDigest(file);
+    const read = await readFileDigest(file, SECRET_FILE_MAX_BYTES);
     noteDigest(this.digests, file, read.digest);
     if (read.content === undefined) {
-      this.problems.push(`${path}: cannot read ${ref.fromFile} (${read.code})`);
+      this.problems.push(`${path}: ${unreadable(read.refusal, ref.fromFile, 'a secret or certificate file')}`);
       return '';
     }
-    // Secret files made with `echo` end in a newline that is not part of the secret.
+    // Secret files made with `echo` end in a newline that is not part of the secret (one: a second one is a mistake).
     const value = read.content.toString('utf8').replace(/\r?\n$/, '');
     if (value === '') this.problems.push(`${path}: ${ref.fromFile} is empty`);
+    else this.#checkUse(value, path, `${ref.fromFile} `, opts.use, ' after its one trailing newline');
     return value;
   }
 
-  async secret(ref: SecretRef, path: string, literalWarning = true): Promise<Secret> {
-    return new Secret(await this.get(ref, path, { literalWarning }));
+  /** Names the character class, never the value: this is a secret. */
+  #checkUse(value: string, path: string, source: string, use: SecretUse | undefined, afterNewline = ''): void {
+    if (!use) return;
+    const bad = findUnsafeChar(value, { header: use === 'header' });
+    if (!bad) return;
+    const after = bad.what.startsWith('a line break') ? afterNewline : '';
+    const why = use === 'header' ? 'a header value cannot carry it' : 'a client credential cannot carry it';
+    this.problems.push(`${path}: ${source}contains ${bad.what}${after}; ${why}`);
+  }
+
+  async secret(ref: SecretRef, path: string, literalWarning = true, use?: SecretUse): Promise<Secret> {
+    return new Secret(await this.get(ref, path, { literalWarning, use }));
   }
 
   async tls(raw: RawTls | undefined, path: string): Promise<TlsMaterial | undefined> {
@@ -215,7 +249,15 @@ async function build(raw: RawConfig, r: SecretResolver): Promise<Config> {
     Promise.all(raw.routes.map((route, i) => buildRoute(route, `routes[${i}]`, r))),
     buildStore(raw.store, r),
   ]);
-  return { listen: raw.listen, admin: raw.admin, drainTimeoutMs: raw.drainTimeout, store, audit: raw.audit, routes };
+  return {
+    listen: raw.listen,
+    admin: raw.admin,
+    allowExternalListen: raw.allowExternalListen,
+    drainTimeoutMs: raw.drainTimeout,
+    store,
+    audit: raw.audit,
+    routes,
+  };
 }
 
 async function buildRoute(raw: RawRoute, path: string, r: SecretResolver): Promise<Route> {
@@ -223,12 +265,12 @@ async function buildRoute(raw: RawRoute, path: string, r: SecretResolver): Promi
   const upstreamTls = await r.tls(raw.upstreamTls, `${path}.upstreamTls`);
   let auth: Route['auth'];
   if (raw.auth.type === 'static') {
-    auth = { type: 'static', value: await r.secret(raw.auth.value, `${path}.auth.value`) };
+    auth = { type: 'static', value: await r.secret(raw.auth.value, `${path}.auth.value`, true, 'header') };
   } else {
     const a = raw.auth;
     const [clientId, clientSecret, tls] = await Promise.all([
-      r.get(a.clientId, `${path}.auth.clientId`, { literalWarning: false }),
-      r.secret(a.clientSecret, `${path}.auth.clientSecret`),
+      r.get(a.clientId, `${path}.auth.clientId`, { literalWarning: false, use: 'credential' }),
+      r.secret(a.clientSecret, `${path}.auth.clientSecret`, true, 'credential'),
       r.tls(a.tls, `${path}.auth.tls`),
     ]);
     const partial = {

@@ -4,7 +4,17 @@
  * load.ts resolves them, so a schema error never needs a secret to be read.
  */
 import { z } from 'zod';
-import { parseDurationMs, parseListenAddress, parsePercent, parseSizeBytes } from './units.js';
+import { findUnsafeChar, codePointName, redactUrl } from './text.js';
+import {
+  formatDurationMs,
+  formatHostPort,
+  isLoopbackListenHost,
+  MAX_TIMER_MS,
+  parseDurationMs,
+  parseListenAddress,
+  parsePercent,
+  parseSizeBytes,
+} from './units.js';
 
 function parsed<T>(parse: (s: string) => T | undefined, what: string) {
   return z.string({ error: `expected ${what}` }).transform((text, ctx) => {
@@ -17,9 +27,47 @@ function parsed<T>(parse: (s: string) => T | undefined, what: string) {
   });
 }
 
-export const durationMs = parsed(parseDurationMs, 'a duration such as 500ms, 30s, 5m or 1h');
+const DURATION = 'a duration such as 500ms, 30s, 5m or 1h';
+
+/**
+ * The range of every duration key, in ms. A zero or tiny value would disable what it bounds (a timeout of 0 is "no
+ * timeout" to undici, a lifetime of 0 is a token call per request); anything above MAX_TIMER_MS would fire at once.
+ */
+export const DURATION_RANGES_MS = {
+  upstreamTimeout: { min: 100, max: 600_000 },
+  tokenTimeout: { min: 100, max: 120_000 },
+  defaultExpiresIn: { min: 10_000, max: 86_400_000 },
+  maxLifetime: { min: 10_000, max: 604_800_000 },
+  redisCall: { min: 10, max: 60_000 },
+  lockLease: { min: 500, max: 300_000 },
+  lockWaitTimeout: { min: 100, max: 600_000 },
+  /** 0 is meaningful: no drain, in-flight requests are cut at once. */
+  drainTimeout: { min: 0, max: 600_000 },
+} as const satisfies Record<string, { min: number; max: number }>;
+
+/** A duration in ms within `range`; the message names the range. */
+export function durationIn(range: { min: number; max: number }) {
+  if (range.max > MAX_TIMER_MS) throw new Error(`duration range above ${MAX_TIMER_MS} ms`);
+  const allowed = `use ${formatDurationMs(range.min)} to ${formatDurationMs(range.max)}`;
+  return z.string({ error: `expected ${DURATION}` }).transform((text, ctx) => {
+    const ms = parseDurationMs(text);
+    if (ms === undefined) {
+      ctx.addIssue({ code: 'custom', message: `"${text}" is not ${DURATION}` });
+      return z.NEVER;
+    }
+    if (ms < range.min || ms > range.max) {
+      ctx.addIssue({ code: 'custom', message: `"${text}" is out of range: ${allowed}` });
+      return z.NEVER;
+    }
+    return ms;
+  });
+}
+
 export const percent = parsed(parsePercent, 'a percentage between 0% and 100% (exclusive), such as 20%');
-export const listenAddress = parsed(parseListenAddress, 'a listen address such as 127.0.0.1:15080 or [::1]:15080');
+export const listenAddress = parsed(
+  parseListenAddress,
+  'a listen address: use an IP address (127.0.0.1, [::1], 0.0.0.0) or localhost with a port',
+);
 export const sizeBytes = z
   .union([z.string(), z.number()], { error: 'expected a size such as 1MiB, 64KiB or a number of bytes' })
   .transform((value, ctx) => {
@@ -44,11 +92,13 @@ export type SecretRef = z.infer<typeof secretRef>;
 
 function httpUrl(opts: { allowQuery: boolean }) {
   return z.string({ error: 'expected a URL' }).transform((text, ctx) => {
+    // Never echo userinfo: a refused URL is printed by validate and in reload logs.
+    const shown = redactUrl(text);
     let url: URL;
     try {
       url = new URL(text);
     } catch {
-      ctx.addIssue({ code: 'custom', message: `"${text}" is not a valid URL` });
+      ctx.addIssue({ code: 'custom', message: `"${shown}" is not a valid URL` });
       return z.NEVER;
     }
     const problems: string[] = [];
@@ -56,10 +106,31 @@ function httpUrl(opts: { allowQuery: boolean }) {
     if (url.username || url.password) problems.push('must not carry credentials (use the auth block)');
     if (url.hash) problems.push('must not have a #fragment');
     if (!opts.allowQuery && url.search) problems.push('must not have a ?query (the request query is passed through)');
-    for (const message of problems) ctx.addIssue({ code: 'custom', message: `"${text}" ${message}` });
+    for (const message of problems) ctx.addIssue({ code: 'custom', message: `"${shown}" ${message}` });
     return problems.length ? z.NEVER : url;
   });
 }
+
+/** Form fields the token request sets itself, and the setting that controls each. */
+const RESERVED_PARAMS: Readonly<Record<string, string>> = {
+  grant_type: 'auth.grant',
+  client_id: 'auth.clientId',
+  client_secret: 'auth.clientSecret (sent as auth.clientAuth says)',
+  scope: 'auth.scopes',
+  audience: 'auth.audience',
+  resource: 'auth.resource',
+  client_assertion: 'auth.clientAuth (client assertions are not supported in this version)',
+  client_assertion_type: 'auth.clientAuth (client assertions are not supported in this version)',
+  refresh_token: 'auth.grant (only client_credentials is supported in this version)',
+};
+
+const params = z.record(z.string(), z.string()).superRefine((value, ctx) => {
+  for (const key of Object.keys(value)) {
+    // Case-insensitively: some token endpoints read form fields that way.
+    const setting = RESERVED_PARAMS[key.toLowerCase()];
+    if (setting !== undefined) ctx.addIssue({ code: 'custom', path: [key], message: `reserved; the sidecar sets it from ${setting}` });
+  }
+});
 
 const tlsFiles = z.strictObject({
   ca: secretRef.optional(),
@@ -110,14 +181,14 @@ const oauth2 = z.strictObject({
   scopes: z.array(z.string().regex(/^[\x21\x23-\x5b\x5d-\x7e]+$/, 'not a valid scope token (RFC 6749 §3.3)')).default([]),
   audience: z.string().min(1).optional(),
   resource: httpUrl({ allowQuery: true }).optional(),
-  params: z.record(z.string(), z.string()).default({}),
+  params: params.default({}),
   tls: tlsFiles.optional(),
-  timeout: durationMs.default(10_000),
+  timeout: durationIn(DURATION_RANGES_MS.tokenTimeout).default(10_000),
   refreshAhead: percent.default(0.2),
   /** Lifetime assumed when the response has no usable expires_in and the token is not a JWT. */
-  defaultExpiresIn: durationMs.default(300_000),
+  defaultExpiresIn: durationIn(DURATION_RANGES_MS.defaultExpiresIn).default(300_000),
   /** Upper bound on any lifetime, whatever the response says. */
-  maxLifetime: durationMs.default(86_400_000),
+  maxLifetime: durationIn(DURATION_RANGES_MS.maxLifetime).default(86_400_000),
 });
 
 const staticAuth = z.strictObject({
@@ -138,7 +209,20 @@ const inject = z.strictObject({
     .regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'not a valid header name')
     .refine((h) => !HOP_OR_RESERVED.has(h.toLowerCase()), 'cannot inject a hop-by-hop or framing header')
     .default('Authorization'),
-  format: z.string().refine((f) => f.includes('{token}'), 'must contain {token}').default('Bearer {token}'),
+  format: z
+    .string()
+    .refine((f) => f.includes('{token}'), 'must contain {token}')
+    .superRefine((f, ctx) => {
+      // Caught here, not as a 502 on every request when the header is built.
+      const bad = findUnsafeChar(f, { header: true });
+      if (!bad) return;
+      const at = `(${codePointName(bad.codePoint)} at index ${bad.index})`;
+      const message = bad.what === 'a character outside Latin-1'
+        ? `must not contain characters outside Latin-1, which a header cannot carry ${at}`
+        : `must not contain CR, LF, NUL or other control characters ${at}`;
+      ctx.addIssue({ code: 'custom', message });
+    })
+    .default('Bearer {token}'),
 });
 
 const route = z.strictObject({
@@ -153,21 +237,39 @@ const route = z.strictObject({
   replayBodyLimit: sizeBytes.default(1024 * 1024),
   timeouts: z
     .strictObject({
-      connect: durationMs.default(5_000),
-      response: durationMs.default(30_000),
-      idle: durationMs.default(60_000),
+      connect: durationIn(DURATION_RANGES_MS.upstreamTimeout).default(5_000),
+      response: durationIn(DURATION_RANGES_MS.upstreamTimeout).default(30_000),
+      idle: durationIn(DURATION_RANGES_MS.upstreamTimeout).default(60_000),
     })
     .default({ connect: 5_000, response: 30_000, idle: 60_000 }),
   warm: z.boolean().default(false),
   allowInsecureHttp: z.boolean().default(false),
 });
 
+/** The credentials have their own keys (`password` is a secret reference); a URL is printed and logged. */
+const redisUrl = z.string({ error: 'expected a redis:// or rediss:// URL' }).superRefine((text, ctx) => {
+  if (!/^rediss?:\/\//.test(text)) {
+    ctx.addIssue({ code: 'custom', message: 'must start with redis:// or rediss://' });
+    return;
+  }
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    ctx.addIssue({ code: 'custom', message: `"${redactUrl(text)}" is not a valid URL` });
+    return;
+  }
+  if (url.username || url.password) {
+    ctx.addIssue({
+      code: 'custom',
+      message: 'must not carry credentials (user:password@): set store.redis.username and store.redis.password (a secret, e.g. { fromEnv: REDIS_PASSWORD })',
+    });
+  }
+});
+
 const redis = z
   .strictObject({
-    url: z
-      .string()
-      .regex(/^rediss?:\/\//, 'must start with redis:// or rediss://')
-      .optional(),
+    url: redisUrl.optional(),
     sentinels: z.array(hostPort).min(1).optional(),
     name: z.string().min(1).optional(),
     sentinelPassword: secretRef.optional(),
@@ -180,16 +282,16 @@ const redis = z
      * Deadline of any one Redis call. A call on a connection that is down fails at once, whatever this says: this is
      * how long a connected but late Redis is waited for.
      */
-    commandTimeout: durationMs.default(1_000),
+    commandTimeout: durationIn(DURATION_RANGES_MS.redisCall).default(1_000),
     /**
      * Store time one token refresh may spend coordinating with the fleet (its reads and lock calls together, not the
      * wait for another pod's token call); past it the pod fetches for itself.
      */
-    coordinationTimeout: durationMs.default(1_000),
+    coordinationTimeout: durationIn(DURATION_RANGES_MS.redisCall).default(1_000),
     /** Refresh lock lease; renewed while the holder's fetch runs, so a dead holder costs at most one lease. */
-    lockLease: durationMs.default(5_000),
+    lockLease: durationIn(DURATION_RANGES_MS.lockLease).default(5_000),
     /** How long a pod that lost the lock race waits for the winner before fetching itself. */
-    lockWaitTimeout: durationMs.default(15_000),
+    lockWaitTimeout: durationIn(DURATION_RANGES_MS.lockWaitTimeout).default(15_000),
   })
   .superRefine((r, ctx) => {
     const modes = [r.url, r.sentinels, r.cluster].filter((m) => m !== undefined).length;
@@ -217,8 +319,10 @@ export const configSchema = z
     version: z.literal(1, { error: 'version must be 1' }),
     listen: listenAddress.default({ host: '127.0.0.1', port: 15080 }),
     admin: listenAddress.default({ host: '0.0.0.0', port: 15081 }),
+    /** The app port has no authentication: listening beyond loopback must be asked for. */
+    allowExternalListen: z.boolean().default(false),
     /** Bound on the graceful drain at shutdown. */
-    drainTimeout: durationMs.default(10_000),
+    drainTimeout: durationIn(DURATION_RANGES_MS.drainTimeout).default(10_000),
     store: store.default({ type: 'memory' }),
     /** Where token lifecycle (audit) events go: `stdout` (with the other logs), `stderr`, or a file path. */
     audit: z.strictObject({ destination: z.string().min(1).default('stdout') }).default({ destination: 'stdout' }),
@@ -230,6 +334,17 @@ export const configSchema = z
       // other problem; the value may then be partly invalid, so it is read defensively.
       const obj = (v: unknown): Record<string, unknown> | undefined =>
         typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
+      const listen = obj(cfg.listen);
+      if (cfg.allowExternalListen !== true && typeof listen?.['host'] === 'string' && typeof listen['port'] === 'number') {
+        const address = { host: listen['host'], port: listen['port'] };
+        if (!isLoopbackListenHost(address.host)) {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['listen'],
+            message: `${formatHostPort(address)} is not a loopback address: the app port has no authentication, so anyone who reaches it can use the routes' credentials; listen on 127.0.0.1 or set allowExternalListen: true`,
+          });
+        }
+      }
       const routes: unknown[] = Array.isArray(cfg.routes) ? cfg.routes : [];
       const names = new Map<string, number>();
       const matches = new Map<string, number>();

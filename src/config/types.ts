@@ -79,6 +79,8 @@ export type StoreConfig = { type: 'memory' } | RedisStoreConfig;
 export interface Config {
   listen: HostPort;
   admin: HostPort;
+  /** `listen` may be beyond loopback (the app port has no authentication); warned about at every start. */
+  allowExternalListen: boolean;
   drainTimeoutMs: number;
   store: StoreConfig;
   audit: { destination: string };

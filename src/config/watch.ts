@@ -1,19 +1,13 @@
 /**
  * Hot reload. Polls the config file and every `fromFile` secret it references and reloads when their content
  * changes. Polling (not fs.watch) because Kubernetes updates ConfigMap and Secret volumes by swapping a `..data`
- * symlink, which inotify on the file itself never reports; one read of a few small files per second is nothing.
+ * symlink, which inotify on the file itself never reports; one read of a few small files per second is nothing (and
+ * every read is bounded, as the load's: see readFileDigest).
  */
 import { dirname, resolve } from 'node:path';
 import { Secret } from '../core/secret.js';
-import {
-  loadConfigSource,
-  loadConfigText,
-  mergeDigests,
-  readFileDigest,
-  UNSETTLED_DIGEST,
-  type FileDigests,
-  type LoadResult,
-} from './load.js';
+import { CONFIG_FILE_MAX_BYTES, readFileDigest, SECRET_FILE_MAX_BYTES, UNSETTLED_DIGEST, type FileDigests } from './files.js';
+import { loadConfigSource, loadConfigText, mergeDigests, type LoadResult } from './load.js';
 import type { Config } from './types.js';
 
 export const RELOAD_POLL_MS = 1_000;
@@ -28,6 +22,8 @@ export interface ConfigWatcherOptions {
    */
   initial?: LoadResult | undefined;
   env?: NodeJS.ProcessEnv | undefined;
+  /** The loader (default loadConfigSource): handed in so a test can act between a load and what follows it. */
+  load?: ((file: string, env?: NodeJS.ProcessEnv) => ReturnType<typeof loadConfigSource>) | undefined;
 }
 
 /** The last config that loaded, kept to re-read it with a rotated secret while the file on disk is broken. */
@@ -101,7 +97,7 @@ export class ConfigWatcher {
   async #reload(deliver: (result: LoadResult) => boolean): Promise<void> {
     let delivering: LoadResult | undefined;
     try {
-      const { result, text } = await loadConfigSource(this.configFile, this.options.env);
+      const { result, text } = await (this.options.load ?? loadConfigSource)(this.configFile, this.options.env);
       const next = await this.#settle(result, text);
       if (!deliver(result)) return;
       delivering = next;
@@ -113,8 +109,16 @@ export class ConfigWatcher {
   }
 
   async #changed(): Promise<boolean> {
-    for (const [file, digest] of this.#seen) if ((await readFileDigest(file)).digest !== digest) return true;
+    for (const [file, digest] of this.#seen) if ((await this.#digestOf(file)) !== digest) return true;
     return false;
+  }
+
+  /**
+   * With the load's own bound, so a poll sees the digest the load recorded: a file over its cap (or not a regular
+   * file) is only stat'ed, poll after poll, never read.
+   */
+  async #digestOf(file: string): Promise<string> {
+    return (await readFileDigest(file, file === this.configFile ? CONFIG_FILE_MAX_BYTES : SECRET_FILE_MAX_BYTES)).digest;
   }
 
   /** Take in a load of the file on disk: update what is seen and the last good source; return what to deliver. */
@@ -140,7 +144,7 @@ export class ConfigWatcher {
     const good = this.#good;
     if (!good) return undefined;
     const changed: string[] = [];
-    for (const [file, digest] of good.secretDigests) if ((await readFileDigest(file)).digest !== digest) changed.push(file);
+    for (const [file, digest] of good.secretDigests) if ((await this.#digestOf(file)) !== digest) changed.push(file);
     if (changed.length === 0) return undefined;
     const again = await loadConfigText(good.text, { env: this.options.env, baseDir: good.baseDir, fileName: this.configFile });
     if (!again.ok) {

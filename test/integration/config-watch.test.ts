@@ -1,16 +1,13 @@
 /**
- * Hot reload against real files: atomic renames as Kubernetes does them, and FIFOs where a test must control
- * exactly what each read of a file sees (no timing race, no hook in the code under test).
+ * Hot reload against real files: atomic renames as Kubernetes does them, and, where a test must act between a load
+ * and what follows it, the real loader handed in wrapped (no timing race).
  */
-import { execFile } from 'node:child_process';
-import { constants } from 'node:fs';
-import { mkdtemp, open, readdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdtemp, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { loadConfigFile, type LoadResult } from '../../src/config/load.js';
-import { ConfigWatcher } from '../../src/config/watch.js';
+import { loadConfigFile, loadConfigSource, type LoadResult } from '../../src/config/load.js';
+import { ConfigWatcher, type ConfigWatcherOptions } from '../../src/config/watch.js';
 import { waitUntil } from '../helpers/wait.js';
 
 const POLL_MS = 25;
@@ -29,7 +26,6 @@ beforeEach(async () => {
 
 afterEach(async () => {
   for (const w of watchers.splice(0)) w.stop();
-  await releaseFifos();
   await rm(dir, { recursive: true, force: true });
 });
 
@@ -54,13 +50,6 @@ async function replace(file: string, content: string): Promise<void> {
   await rename(tmp, file);
 }
 
-/** Make `file` a symlink to `target` (a name in the same directory), swapped in atomically. */
-async function pointAt(file: string, target: string): Promise<void> {
-  const tmp = `${file}.link-tmp`;
-  await symlink(target, tmp);
-  await rename(tmp, file);
-}
-
 function okResult(result: LoadResult | undefined): Extract<LoadResult, { ok: true }> {
   if (!result) throw new Error('no result');
   if (!result.ok) throw new Error(`expected an ok result, got: ${result.problems.join('; ')}`);
@@ -79,7 +68,7 @@ function secretOf(result: LoadResult | undefined): string {
   return auth.clientSecret.reveal();
 }
 
-async function startWatcher(onResult: (result: LoadResult) => void, options?: { initial?: LoadResult }): Promise<ConfigWatcher> {
+async function startWatcher(onResult: (result: LoadResult) => void, options?: ConfigWatcherOptions): Promise<ConfigWatcher> {
   // As src/cli/main.ts does: load first, then watch what that load read.
   const initial = options?.initial ?? (await loadConfigFile(routesFile));
   okResult(initial);
@@ -91,40 +80,6 @@ async function startWatcher(onResult: (result: LoadResult) => void, options?: { 
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-async function mkfifo(name: string): Promise<string> {
-  const path = join(dir, name);
-  await promisify(execFile)('mkfifo', [path]);
-  return path;
-}
-
-/**
- * Answer the next read of `fifo`: wait (bounded) until a reader has it open, run `beforeAnswer` while that reader
- * waits, then write `content` and close, which ends the reader's file. A non-blocking open fails with ENXIO while
- * no reader is there, so the wait never ties up a thread.
- */
-async function answerNextRead(fifo: string, content: string, beforeAnswer: () => Promise<void>): Promise<void> {
-  const fh = await waitUntil(
-    () => open(fifo, constants.O_WRONLY | constants.O_NONBLOCK),
-    WAIT_MS,
-    5,
-    `a reader of ${fifo}`,
-  );
-  try {
-    await beforeAnswer();
-    await fh.write(content);
-  } finally {
-    await fh.close();
-  }
-}
-
-/** A reader left blocked on a FIFO by a failed test would hold a libuv thread forever: give it an end of file. */
-async function releaseFifos(): Promise<void> {
-  for (const name of await readdir(dir).catch(() => [])) {
-    if (!name.startsWith('fifo')) continue;
-    const fh = await open(join(dir, name), constants.O_WRONLY | constants.O_NONBLOCK).catch(() => undefined);
-    await fh?.close();
-  }
-}
 
 describe('ConfigWatcher', () => {
   it.each([
@@ -142,21 +97,22 @@ describe('ConfigWatcher', () => {
     await writeFile(routesFile, routesYaml());
     await writeFile(secretFile, 'secret-v0\n');
     const path = join(dir, file);
-    await writeFile(join(dir, 'v0'), content('v0'));
-    await rm(path);
-    await pointAt(path, 'v0');
+    await writeFile(path, content('v0'));
     const results: LoadResult[] = [];
-    await startWatcher((r) => results.push(r));
-
-    // From now on each read of the file opens a fresh FIFO this test answers, so the test decides what every read
-    // sees. Read 1 is the poll that notices the change; read 2 is the load, and while that load waits the file
-    // becomes v2 for good: the change lands after the load opened the file.
-    const fifo1 = await mkfifo('fifo1');
-    const fifo2 = await mkfifo('fifo2');
-    await writeFile(join(dir, 'v2'), content('v2'));
-    await pointAt(path, 'fifo1');
-    await answerNextRead(fifo1, content('v1'), () => pointAt(path, 'fifo2'));
-    await answerNextRead(fifo2, content('v1'), () => pointAt(path, 'v2'));
+    // The loader is the real one; right after the load that reads v1 returns, the file becomes v2: the change lands
+    // after the load read the file and before the watcher takes in what it read.
+    let landV2 = false;
+    const load = async (f: string, env?: NodeJS.ProcessEnv) => {
+      const loadedSource = await loadConfigSource(f, env);
+      if (landV2) {
+        landV2 = false;
+        await replace(path, content('v2'));
+      }
+      return loadedSource;
+    };
+    await startWatcher((r) => results.push(r), { load });
+    landV2 = true;
+    await replace(path, content('v1'));
 
     // On a timeout the assertion below shows what was loaded instead.
     await waitUntil(() => results.some((r) => r.ok && loaded(r) === 'v2'), WAIT_MS, 10).catch(() => undefined);
