@@ -169,8 +169,8 @@ async function start(file: string): Promise<number> {
       log.error({ event: 'config.reload_failed', problems: next.problems }, `${file}: ${next.problems.length} problem(s); still serving the last good config`);
     }
   }, RELOAD_POLL_MS, { initial: result });
-  await watcher.start();
-  return new Promise<number>((resolve) => {
+  // Signals first, in the same turn as the start: a SIGTERM right after `listening` drains like any other.
+  const stopped = new Promise<number>((resolve) => {
     let stopping = false;
     const stop = (signal: string) => {
       if (stopping) {
@@ -193,6 +193,8 @@ async function start(file: string): Promise<number> {
       void watcher.check(true);
     });
   });
+  await watcher.start();
+  return stopped;
 }
 
 main(process.argv.slice(2)).then(

@@ -68,6 +68,8 @@ export const listenAddress = parsed(
   parseListenAddress,
   'a listen address: use an IP address (127.0.0.1, [::1], 0.0.0.0) or localhost with a port',
 );
+const REPLAY_BODY_LIMIT_MAX_BYTES = 64 * 1024 * 1024;
+
 export const sizeBytes = z
   .union([z.string(), z.number()], { error: 'expected a size such as 1MiB, 64KiB or a number of bytes' })
   .transform((value, ctx) => {
@@ -233,8 +235,13 @@ const route = z.strictObject({
   auth,
   inject: inject.default({ header: 'Authorization', format: 'Bearer {token}' }),
   retryOn401: z.boolean().default(true),
-  /** Bodies up to this size are kept so a 401 can be replayed; larger or unsized bodies stream and are not replayed. */
-  replayBodyLimit: sizeBytes.default(1024 * 1024),
+  /**
+   * Bodies up to this size are kept so a 401 can be replayed; larger or unsized bodies stream and are not replayed.
+   * Each request in flight may hold this much memory, so it is capped (64 MiB).
+   */
+  replayBodyLimit: sizeBytes
+    .refine((bytes) => bytes <= REPLAY_BODY_LIMIT_MAX_BYTES, `must be at most 64MiB (each request in flight may hold this much memory)`)
+    .default(1024 * 1024),
   timeouts: z
     .strictObject({
       connect: durationIn(DURATION_RANGES_MS.upstreamTimeout).default(5_000),

@@ -159,6 +159,19 @@ routes:
     expect(stdout).toContain('→ replayed');
   });
 
+  it('a SIGTERM the moment start says listening still drains and exits 0', async () => {
+    const idp = await idpWith();
+    const file = await configFile('term-early.yaml', oauthConfig(idp, 'http://127.0.0.1:9/v2'));
+    const { child, done } = launch(['start', '--config', file], 'info');
+    // Sent from the 'data' handler that sees the line: as early as any orchestrator could.
+    child.stdout?.on('data', (d: Buffer) => {
+      if (d.toString().includes('"event":"listening"')) child.kill('SIGTERM');
+    });
+    const { code, stdout: out } = await done;
+    expect(code).toBe(0);
+    expect(out).toContain('"event":"stopped"');
+  });
+
   it('start logs a listening JSON line, proxies with an injected token, and exits 0 on SIGTERM', async () => {
     const idp = await idpWith();
     const vendor = await startEchoVendor();

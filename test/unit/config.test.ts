@@ -586,3 +586,13 @@ describe('listen and admin addresses', () => {
     expect(defaults.config.allowExternalListen).toBe(false);
   });
 });
+
+describe('replayBodyLimit', () => {
+  it('is capped at 64 MiB: each request in flight may hold that much memory', async () => {
+    const head = 'version: 1\nroutes:';
+    expect((await ok(`${head}${oauthRoute({ extra: '    replayBodyLimit: 64MiB' })}`)).config.routes[0]?.replayBodyLimitBytes).toBe(64 * 1024 * 1024);
+    expect(problems(await loadConfigText(`${head}${oauthRoute({ extra: '    replayBodyLimit: 65MiB' })}`, { env: {}, baseDir: dir }))).toEqual([
+      expect.stringMatching(/^routes\[0\]\.replayBodyLimit: must be at most 64MiB/),
+    ]);
+  });
+});
