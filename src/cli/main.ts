@@ -154,22 +154,10 @@ async function start(file: string): Promise<number> {
   if (!result.ok) return reportProblems(file, result);
   const { log, accessLog } = createLoggers();
   for (const w of result.warnings) log.warn({ event: 'config.warning' }, w);
-  let sidecar: Sidecar;
-  try {
-    sidecar = await Sidecar.start({ config: result.config, log, accessLog });
-  } catch (err) {
-    log.fatal({ event: 'start_failed', err: (err as Error).message }, 'could not start');
-    return 2;
-  }
-  const watcher = new ConfigWatcher(file, result.files, (next) => {
-    if (next.ok) {
-      for (const w of next.warnings) log.warn({ event: 'config.warning' }, w);
-      sidecar.apply(next.config);
-    } else {
-      log.error({ event: 'config.reload_failed', problems: next.problems }, `${file}: ${next.problems.length} problem(s); still serving the last good config`);
-    }
-  }, RELOAD_POLL_MS, { initial: result });
-  // Signals first, in the same turn as the start: a SIGTERM right after `listening` drains like any other.
+  // Signals before anything listens: Node installs a SIGTERM handler only once a listener exists, and until then a
+  // SIGTERM (one sent the moment `listening` is read, say) ends the process without a drain.
+  let watcher: ConfigWatcher | undefined;
+  const starting = Sidecar.start({ config: result.config, log, accessLog });
   const stopped = new Promise<number>((resolve) => {
     let stopping = false;
     const stop = (signal: string) => {
@@ -179,20 +167,35 @@ async function start(file: string): Promise<number> {
         return;
       }
       stopping = true;
-      watcher.stop();
+      watcher?.stop();
       log.info({ event: 'draining', signal, drainTimeoutMs: result.config.drainTimeoutMs }, 'draining');
-      void sidecar.stop().then(() => {
-        log.info({ event: 'stopped' }, 'stopped');
-        resolve(0);
-      });
+      void starting.then(
+        (sidecar) => sidecar.stop().then(() => log.info({ event: 'stopped' }, 'stopped')),
+        () => undefined, // the start failed: reported below
+      ).then(() => resolve(0));
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
     process.on('SIGHUP', () => {
       log.info({ event: 'config.reload_requested', signal: 'SIGHUP' }, 'reloading');
-      void watcher.check(true);
+      void watcher?.check(true);
     });
   });
+  let sidecar: Sidecar;
+  try {
+    sidecar = await starting;
+  } catch (err) {
+    log.fatal({ event: 'start_failed', err: (err as Error).message }, 'could not start');
+    return 2;
+  }
+  watcher = new ConfigWatcher(file, result.files, (next) => {
+    if (next.ok) {
+      for (const w of next.warnings) log.warn({ event: 'config.warning' }, w);
+      sidecar.apply(next.config);
+    } else {
+      log.error({ event: 'config.reload_failed', problems: next.problems }, `${file}: ${next.problems.length} problem(s); still serving the last good config`);
+    }
+  }, RELOAD_POLL_MS, { initial: result });
   await watcher.start();
   return stopped;
 }
