@@ -23,8 +23,9 @@ export type LoadResult =
 /** Longest text of an unexpected error put in a problem. */
 const ERROR_TEXT_MAX_CHARS = 300;
 
-function errorText(err: unknown): string {
-  const text = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+/** An unexpected error as problem text: `clean` (e.g. redaction) runs before the cut, so no secret is left half shown. */
+export function errorText(err: unknown, clean: (text: string) => string = (text) => text): string {
+  const text = clean(err instanceof Error ? `${err.name}: ${err.message}` : String(err));
   return text.length > ERROR_TEXT_MAX_CHARS ? `${text.slice(0, ERROR_TEXT_MAX_CHARS)}…` : text;
 }
 

@@ -7,13 +7,10 @@
 import { dirname, resolve } from 'node:path';
 import { Secret } from '../core/secret.js';
 import { CONFIG_FILE_MAX_BYTES, readFileDigest, SECRET_FILE_MAX_BYTES, UNSETTLED_DIGEST, type FileDigests } from './files.js';
-import { loadConfigSource, loadConfigText, mergeDigests, type LoadResult } from './load.js';
+import { errorText, loadConfigSource, loadConfigText, mergeDigests, type LoadResult } from './load.js';
 import type { Config } from './types.js';
 
 export const RELOAD_POLL_MS = 1_000;
-
-/** Longest error text put in a problem: an error is reported so someone can look, not dumped. */
-const ERROR_TEXT_MAX_CHARS = 300;
 
 export interface ConfigWatcherOptions {
   /**
@@ -173,13 +170,12 @@ export class ConfigWatcher {
 
   /** The error's text without any secret value of the configs at hand (an error may quote what it failed on). */
   #errorText(err: unknown, delivering: LoadResult | undefined): string {
-    let text = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
     const secrets = new Set<string>();
     if (delivering?.ok) secretValues(delivering.config, secrets);
     if (this.#good) secretValues(this.#good.config, secrets);
     // Longest first, so a secret that contains another is not left half shown.
-    for (const value of [...secrets].sort((a, b) => b.length - a.length)) text = text.replaceAll(value, '[redacted]');
-    return text.length > ERROR_TEXT_MAX_CHARS ? `${text.slice(0, ERROR_TEXT_MAX_CHARS)}…` : text;
+    const longestFirst = [...secrets].sort((a, b) => b.length - a.length);
+    return errorText(err, (text) => longestFirst.reduce((out, value) => out.replaceAll(value, '[redacted]'), text));
   }
 }
 
