@@ -3,6 +3,7 @@
  * change state, so they are accepted only from loopback (`kubectl exec` / `kubectl port-forward`), never from the
  * pod network that reaches the probes.
  */
+import { authSummary } from '../config/describe.js';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Route } from '../config/types.js';
 import { SidecarError, toSidecarError } from '../core/errors.js';
@@ -77,6 +78,7 @@ function describeRoute(route: Route, manager: TokenManager): Record<string, unkn
   const s = manager.state(route.name);
   return {
     ...base,
+    oauth: authSummary(route.auth),
     token: {
       credential: s?.credential ?? null,
       source: s?.source ?? null,

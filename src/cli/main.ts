@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 /** token-sidecar CLI: start | validate | token ROUTE | demo | webhook. Exit codes: 0 ok, 1 bad config or usage, 2 runtime failure. */
+import { authSummary } from '../config/describe.js';
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { loadConfigFile, type LoadResult } from '../config/load.js';
@@ -135,6 +136,8 @@ async function token(file: string, routeName: string): Promise<number> {
           expiresInS: Math.round((t.expiresAtMs - Date.now()) / 1000),
           lifetimeSource: t.lifetimeSource,
           scope: t.scope ?? null,
+          tokenType: t.tokenType,
+          ...authSummary(route.auth),
         },
         null,
         2,

@@ -2,16 +2,15 @@
  * routes.yaml → Config. Every problem (YAML syntax, schema, unset env vars, unreadable files, insecure URLs) is
  * collected with its path and reported together, so one `validate` run shows everything to fix.
  */
-import { isAbsolute, resolve, dirname } from 'node:path';
+import { resolve, dirname } from 'node:path';
 import type { z } from 'zod';
-import { configSchema, type RawConfig, type RawRedis, type RawRoute, type RawTls, type SecretRef } from './schema.js';
-import { Secret } from '../core/secret.js';
-import type { Config, RedisStoreConfig, Route, StoreConfig, TlsMaterial } from './types.js';
-import { CONFIG_FILE_MAX_BYTES, readFileDigest, SECRET_FILE_MAX_BYTES, unreadable, UNSETTLED_DIGEST, type FileDigests } from './files.js';
-import { findUnsafeChar } from './text.js';
+import { configSchema, type RawConfig, type RawRedis, type RawRoute, type SecretRef } from './schema.js';
+import type { Config, RedisStoreConfig, Route, StoreConfig } from './types.js';
+import { CONFIG_FILE_MAX_BYTES, readFileDigest, unreadable, type FileDigests } from './files.js';
+import { noteDigest, SecretResolver, type SecretUse } from './secrets.js';
 import { formatHostPort, isLoopbackHost, isLoopbackListenHost } from './units.js';
 import { parseYaml } from './yaml.js';
-import { credentialIdentity } from '../core/credential.js';
+import { buildOAuth2 } from './build-auth.js';
 
 export type { FileDigests } from './files.js';
 
@@ -66,11 +65,6 @@ export function mergeDigests(a: FileDigests, b: FileDigests): Map<string, string
   const merged = new Map(a);
   for (const [file, digest] of b) noteDigest(merged, file, digest);
   return merged;
-}
-
-function noteDigest(digests: Map<string, string>, file: string, digest: string): void {
-  const seen = digests.get(file);
-  digests.set(file, seen === undefined || seen === digest ? digest : UNSETTLED_DIGEST);
 }
 
 /** Never rejects: whatever goes wrong in parsing is a problem of the file (exit 1, a refused reload), not a crash. */
@@ -146,7 +140,7 @@ function isRecord(v: unknown): v is Record<string, unknown> {
 /** Where a secret goes decides what it may contain (see SecretUse); the raw walk finds it by its path. */
 function useAt(path: string): SecretUse | undefined {
   if (/^routes\[\d+\]\.auth\.value$/.test(path)) return 'header';
-  if (/^routes\[\d+\]\.auth\.(clientId|clientSecret)$/.test(path)) return 'credential';
+  if (/^routes\[\d+\]\.auth\.(clientId|clientSecret|refreshToken)$/.test(path)) return 'credential';
   return undefined;
 }
 
@@ -174,77 +168,6 @@ async function checkRawSecrets(node: unknown, path: PropertyKey[], r: SecretReso
   for (const k of keys) await checkRawSecrets(node[k], [...path, k], r);
 }
 
-/**
- * `header`: sent in a request header as it is (a static value), so it must be a valid field value. `credential`: a
- * client id or secret; a line break or control character there is never part of it (a file saved with a blank line
- * at its end) and would only come back as TOKEN_REJECTED.
- */
-type SecretUse = 'header' | 'credential';
-
-class SecretResolver {
-  readonly problems: string[] = [];
-  readonly warnings: string[] = [];
-  readonly files: string[] = [];
-  readonly digests = new Map<string, string>();
-
-  constructor(
-    private readonly env: NodeJS.ProcessEnv,
-    private readonly baseDir: string,
-  ) {}
-
-  async get(ref: SecretRef, path: string, opts: { literalWarning?: boolean; use?: SecretUse | undefined } = {}): Promise<string> {
-    if (typeof ref === 'string') {
-      if (opts.literalWarning) this.warnings.push(`${path}: a literal value in the config file; prefer fromEnv or fromFile`);
-      this.#checkUse(ref, path, '', opts.use);
-      return ref;
-    }
-    if ('fromEnv' in ref) {
-      const value = this.env[ref.fromEnv];
-      if (value === undefined || value === '') this.problems.push(`${path}: environment variable ${ref.fromEnv} is not set`);
-      else this.#checkUse(value, path, `environment variable ${ref.fromEnv} `, opts.use);
-      return value ?? '';
-    }
-    const file = isAbsolute(ref.fromFile) ? ref.fromFile : resolve(this.baseDir, ref.fromFile);
-    this.files.push(file);
-    const read = await readFileDigest(file, SECRET_FILE_MAX_BYTES);
-    noteDigest(this.digests, file, read.digest);
-    if (read.content === undefined) {
-      this.problems.push(`${path}: ${unreadable(read.refusal, ref.fromFile, 'a secret or certificate file')}`);
-      return '';
-    }
-    // Secret files made with `echo` end in a newline that is not part of the secret (one: a second one is a mistake).
-    const value = read.content.toString('utf8').replace(/\r?\n$/, '');
-    if (value === '') this.problems.push(`${path}: ${ref.fromFile} is empty`);
-    else this.#checkUse(value, path, `${ref.fromFile} `, opts.use, ' after its one trailing newline');
-    return value;
-  }
-
-  /** Names the character class, never the value: this is a secret. */
-  #checkUse(value: string, path: string, source: string, use: SecretUse | undefined, afterNewline = ''): void {
-    if (!use) return;
-    const bad = findUnsafeChar(value, { header: use === 'header' });
-    if (!bad) return;
-    const after = bad.what.startsWith('a line break') ? afterNewline : '';
-    const why = use === 'header' ? 'a header value cannot carry it' : 'a client credential cannot carry it';
-    this.problems.push(`${path}: ${source}contains ${bad.what}${after}; ${why}`);
-  }
-
-  async secret(ref: SecretRef, path: string, literalWarning = true, use?: SecretUse): Promise<Secret> {
-    return new Secret(await this.get(ref, path, { literalWarning, use }));
-  }
-
-  async tls(raw: RawTls | undefined, path: string): Promise<TlsMaterial | undefined> {
-    if (!raw) return undefined;
-    const [ca, cert, key] = await Promise.all([
-      raw.ca === undefined ? undefined : this.get(raw.ca, `${path}.ca`),
-      raw.cert === undefined ? undefined : this.get(raw.cert, `${path}.cert`),
-      raw.key === undefined ? undefined : this.secret(raw.key, `${path}.key`),
-    ]);
-    if ((cert === undefined) !== (key === undefined)) this.problems.push(`${path}: cert and key go together`);
-    return { ca: ca || undefined, cert: cert || undefined, key, servername: raw.servername };
-  }
-}
-
 async function build(raw: RawConfig, r: SecretResolver): Promise<Config> {
   const [routes, store] = await Promise.all([
     Promise.all(raw.routes.map((route, i) => buildRoute(route, `routes[${i}]`, r))),
@@ -268,33 +191,7 @@ async function buildRoute(raw: RawRoute, path: string, r: SecretResolver): Promi
   if (raw.auth.type === 'static') {
     auth = { type: 'static', value: await r.secret(raw.auth.value, `${path}.auth.value`, true, 'header') };
   } else {
-    const a = raw.auth;
-    const [clientId, clientSecret, tls] = await Promise.all([
-      r.get(a.clientId, `${path}.auth.clientId`, { literalWarning: false, use: 'credential' }),
-      r.secret(a.clientSecret, `${path}.auth.clientSecret`, true, 'credential'),
-      r.tls(a.tls, `${path}.auth.tls`),
-    ]);
-    const partial = {
-      type: 'oauth2' as const,
-      grant: a.grant,
-      tokenUrl: a.tokenUrl,
-      clientId,
-      clientSecret,
-      clientAuth: a.clientAuth,
-      scopes: a.scopes,
-      audience: a.audience,
-      resource: a.resource,
-      params: a.params,
-    };
-    auth = {
-      ...partial,
-      tls,
-      timeoutMs: a.timeout,
-      refreshAheadRatio: a.refreshAhead,
-      defaultExpiresInMs: a.defaultExpiresIn,
-      maxLifetimeMs: a.maxLifetime,
-      identity: credentialIdentity(partial),
-    };
+    auth = await buildOAuth2(raw.auth, path, r, upstreamTls);
   }
   return {
     name: raw.name,

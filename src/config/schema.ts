@@ -5,146 +5,13 @@
  */
 import { z } from 'zod';
 import { findUnsafeChar, codePointName, redactUrl } from './text.js';
-import {
-  formatDurationMs,
-  formatHostPort,
-  isLoopbackListenHost,
-  MAX_TIMER_MS,
-  parseDurationMs,
-  parseListenAddress,
-  parsePercent,
-  parseSizeBytes,
-} from './units.js';
+import { formatHostPort, isLoopbackListenHost } from './units.js';
+import { auth } from './auth-schema.js';
+import { DURATION_RANGES_MS, durationIn, hostPort, httpUrl, listenAddress, secretRef, sizeBytes, tlsFiles } from './primitives.js';
 
-function parsed<T>(parse: (s: string) => T | undefined, what: string) {
-  return z.string({ error: `expected ${what}` }).transform((text, ctx) => {
-    const value = parse(text);
-    if (value === undefined) {
-      ctx.addIssue({ code: 'custom', message: `"${text}" is not ${what}` });
-      return z.NEVER;
-    }
-    return value;
-  });
-}
+export { DURATION_RANGES_MS, durationIn, type SecretRef, type RawTls } from './primitives.js';
 
-const DURATION = 'a duration such as 500ms, 30s, 5m or 1h';
-
-/**
- * The range of every duration key, in ms. A zero or tiny value would disable what it bounds (a timeout of 0 is "no
- * timeout" to undici, a lifetime of 0 is a token call per request); anything above MAX_TIMER_MS would fire at once.
- */
-export const DURATION_RANGES_MS = {
-  upstreamTimeout: { min: 100, max: 600_000 },
-  tokenTimeout: { min: 100, max: 120_000 },
-  defaultExpiresIn: { min: 10_000, max: 86_400_000 },
-  maxLifetime: { min: 10_000, max: 604_800_000 },
-  redisCall: { min: 10, max: 60_000 },
-  lockLease: { min: 500, max: 300_000 },
-  lockWaitTimeout: { min: 100, max: 600_000 },
-  /** 0 is meaningful: no drain, in-flight requests are cut at once. */
-  drainTimeout: { min: 0, max: 600_000 },
-} as const satisfies Record<string, { min: number; max: number }>;
-
-/** A duration in ms within `range`; the message names the range. */
-export function durationIn(range: { min: number; max: number }) {
-  if (range.max > MAX_TIMER_MS) throw new Error(`duration range above ${MAX_TIMER_MS} ms`);
-  const allowed = `use ${formatDurationMs(range.min)} to ${formatDurationMs(range.max)}`;
-  return z.string({ error: `expected ${DURATION}` }).transform((text, ctx) => {
-    const ms = parseDurationMs(text);
-    if (ms === undefined) {
-      ctx.addIssue({ code: 'custom', message: `"${text}" is not ${DURATION}` });
-      return z.NEVER;
-    }
-    if (ms < range.min || ms > range.max) {
-      ctx.addIssue({ code: 'custom', message: `"${text}" is out of range: ${allowed}` });
-      return z.NEVER;
-    }
-    return ms;
-  });
-}
-
-export const percent = parsed(parsePercent, 'a percentage between 0% and 100% (exclusive), such as 20%');
-export const listenAddress = parsed(
-  parseListenAddress,
-  'a listen address: use an IP address (127.0.0.1, [::1], 0.0.0.0) or localhost with a port',
-);
 const REPLAY_BODY_LIMIT_MAX_BYTES = 64 * 1024 * 1024;
-
-export const sizeBytes = z
-  .union([z.string(), z.number()], { error: 'expected a size such as 1MiB, 64KiB or a number of bytes' })
-  .transform((value, ctx) => {
-    const bytes = parseSizeBytes(value);
-    if (bytes === undefined) {
-      ctx.addIssue({ code: 'custom', message: `"${value}" is not a size (use 1MiB, 64KiB or bytes)` });
-      return z.NEVER;
-    }
-    return bytes;
-  });
-
-/** A secret: a literal string, `{ fromEnv: NAME }` or `{ fromFile: PATH }`. */
-export const secretRef = z.union(
-  [
-    z.string().min(1),
-    z.strictObject({ fromEnv: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'not an environment variable name') }),
-    z.strictObject({ fromFile: z.string().min(1) }),
-  ],
-  { error: 'expected a string, { fromEnv: NAME } or { fromFile: PATH }' },
-);
-export type SecretRef = z.infer<typeof secretRef>;
-
-function httpUrl(opts: { allowQuery: boolean }) {
-  return z.string({ error: 'expected a URL' }).transform((text, ctx) => {
-    // Never echo userinfo: a refused URL is printed by validate and in reload logs.
-    const shown = redactUrl(text);
-    let url: URL;
-    try {
-      url = new URL(text);
-    } catch {
-      ctx.addIssue({ code: 'custom', message: `"${shown}" is not a valid URL` });
-      return z.NEVER;
-    }
-    const problems: string[] = [];
-    if (url.protocol !== 'http:' && url.protocol !== 'https:') problems.push('must be http:// or https://');
-    if (url.username || url.password) problems.push('must not carry credentials (use the auth block)');
-    if (url.hash) problems.push('must not have a #fragment');
-    if (!opts.allowQuery && url.search) problems.push('must not have a ?query (the request query is passed through)');
-    for (const message of problems) ctx.addIssue({ code: 'custom', message: `"${shown}" ${message}` });
-    return problems.length ? z.NEVER : url;
-  });
-}
-
-/** Form fields the token request sets itself, and the setting that controls each. */
-const RESERVED_PARAMS: Readonly<Record<string, string>> = {
-  grant_type: 'auth.grant',
-  client_id: 'auth.clientId',
-  client_secret: 'auth.clientSecret (sent as auth.clientAuth says)',
-  scope: 'auth.scopes',
-  audience: 'auth.audience',
-  resource: 'auth.resource',
-  client_assertion: 'auth.clientAuth (client assertions are not supported in this version)',
-  client_assertion_type: 'auth.clientAuth (client assertions are not supported in this version)',
-  refresh_token: 'auth.grant (only client_credentials is supported in this version)',
-};
-
-const params = z.record(z.string(), z.string()).superRefine((value, ctx) => {
-  for (const key of Object.keys(value)) {
-    // Case-insensitively: some token endpoints read form fields that way.
-    const setting = RESERVED_PARAMS[key.toLowerCase()];
-    if (setting !== undefined) ctx.addIssue({ code: 'custom', path: [key], message: `reserved; the sidecar sets it from ${setting}` });
-  }
-});
-
-const tlsFiles = z.strictObject({
-  ca: secretRef.optional(),
-  cert: secretRef.optional(),
-  key: secretRef.optional(),
-  servername: z.string().min(1).optional(),
-});
-
-const hostPort = z.strictObject({
-  host: z.string().min(1),
-  port: z.number().int().min(1).max(65_535),
-});
 
 const routeName = z
   .string()
@@ -166,39 +33,6 @@ const matchHost = z
 const match = z
   .strictObject({ pathPrefix: pathPrefix.optional(), host: matchHost.optional() })
   .refine((m) => m.pathPrefix !== undefined || m.host !== undefined, 'needs pathPrefix, host, or both');
-
-const oauth2 = z.strictObject({
-  type: z.literal('oauth2'),
-  grant: z.literal('client_credentials', { error: 'only client_credentials is supported in this version' }).default(
-    'client_credentials',
-  ),
-  tokenUrl: httpUrl({ allowQuery: true }),
-  clientId: secretRef,
-  clientSecret: secretRef,
-  clientAuth: z
-    .enum(['client_secret_basic', 'client_secret_post'], {
-      error: 'expected client_secret_basic or client_secret_post',
-    })
-    .default('client_secret_basic'),
-  scopes: z.array(z.string().regex(/^[\x21\x23-\x5b\x5d-\x7e]+$/, 'not a valid scope token (RFC 6749 §3.3)')).default([]),
-  audience: z.string().min(1).optional(),
-  resource: httpUrl({ allowQuery: true }).optional(),
-  params: params.default({}),
-  tls: tlsFiles.optional(),
-  timeout: durationIn(DURATION_RANGES_MS.tokenTimeout).default(10_000),
-  refreshAhead: percent.default(0.2),
-  /** Lifetime assumed when the response has no usable expires_in and the token is not a JWT. */
-  defaultExpiresIn: durationIn(DURATION_RANGES_MS.defaultExpiresIn).default(300_000),
-  /** Upper bound on any lifetime, whatever the response says. */
-  maxLifetime: durationIn(DURATION_RANGES_MS.maxLifetime).default(86_400_000),
-});
-
-const staticAuth = z.strictObject({
-  type: z.literal('static'),
-  value: secretRef,
-});
-
-const auth = z.discriminatedUnion('type', [oauth2, staticAuth], { error: 'auth.type must be oauth2 or static' });
 
 const HOP_OR_RESERVED = new Set([
   'host', 'connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'te', 'trailer',
@@ -393,5 +227,4 @@ export const configSchema = z
 
 export type RawConfig = z.output<typeof configSchema>;
 export type RawRoute = RawConfig['routes'][number];
-export type RawTls = z.output<typeof tlsFiles>;
 export type RawRedis = z.output<typeof redis>;

@@ -1,5 +1,6 @@
 /** The validated, resolved configuration the rest of the code runs on: units in ms/bytes, secrets resolved. */
 import type { Secret } from '../core/secret.js';
+import type { SigningKey } from '../core/signing-key.js';
 
 export interface TlsMaterial {
   ca?: string | undefined;
@@ -8,18 +9,51 @@ export interface TlsMaterial {
   servername?: string | undefined;
 }
 
+export type Grant = 'client_credentials' | 'refresh_token' | 'jwt_bearer' | 'token_exchange';
+export type ClientAuthMethod =
+  | 'client_secret_basic'
+  | 'client_secret_post'
+  | 'private_key_jwt'
+  | 'tls_client_auth'
+  | 'self_signed_tls_client_auth'
+  | 'none';
+
+/** Where the token and its expiry are in the response, and what the expiry means (vendor quirks). */
+export interface TokenResponseShape {
+  accessToken: readonly string[];
+  expiry: readonly string[];
+  expiryFormat: 'seconds' | 'milliseconds' | 'unix-seconds' | 'unix-milliseconds' | 'date';
+}
+
 export interface OAuth2Auth {
   type: 'oauth2';
-  grant: 'client_credentials';
+  grant: Grant;
   tokenUrl: URL;
   clientId: string;
-  clientSecret: Secret;
-  clientAuth: 'client_secret_basic' | 'client_secret_post';
+  /** client_secret_basic / client_secret_post only. */
+  clientSecret: Secret | undefined;
+  clientAuth: ClientAuthMethod;
+  /** private_key_jwt: signs the client assertion; its `aud` is `assertionAudience` (resolved to one string). */
+  clientKey: SigningKey | undefined;
+  assertionAudience: string;
+  /** grant refresh_token: the first refresh token (the fleet keeps the newest, rotated one in the store). */
+  refreshToken: Secret | undefined;
+  /** grant jwt_bearer (RFC 7523 §2.1). */
+  assertion: { key: SigningKey; issuer: string; subject: string; audience: string } | undefined;
+  /** grant token_exchange (RFC 8693): the subject token file, re-read at every token request. */
+  subjectToken: { file: string; type: string; requestedType: string | undefined } | undefined;
   scopes: string[];
   audience: string | undefined;
   resource: URL | undefined;
   params: Record<string, string>;
+  /** Extra headers on the token request. */
+  headers: Record<string, string>;
+  tokenResponse: TokenResponseShape;
   tls: TlsMaterial | undefined;
+  /** RFC 8705 §3.1 `x5t#S256` of `tls.cert`, when there is one. */
+  certificateThumbprint: string | undefined;
+  /** RFC 9449: the proof key (configured, or this process's own: `shared` says which). */
+  dpop: { key: SigningKey; shared: boolean } | undefined;
   timeoutMs: number;
   refreshAheadRatio: number;
   defaultExpiresInMs: number;

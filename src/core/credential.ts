@@ -5,15 +5,17 @@ export interface CredentialFields {
   grant: string;
   tokenUrl: URL;
   clientId: string;
-  clientSecret: Secret;
+  clientSecret: Secret | undefined;
   clientAuth: string;
   scopes: readonly string[];
   audience: string | undefined;
   resource: URL | undefined;
   params: Record<string, string>;
+  /** Method- and grant-specific parts (key and certificate thumbprints, …): only the ones set enter the identity. */
+  bindings?: Readonly<Record<string, string | undefined>>;
 }
 
-const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
+export const sha256Hex = (text: string) => createHash('sha256').update(text).digest('hex');
 
 /**
  * The identity a token belongs to, as a hash: anything that changes which token the endpoint would issue (or
@@ -31,7 +33,9 @@ export function credentialIdentity(c: CredentialFields): string {
     c.audience ?? null,
     c.resource?.href ?? null,
     Object.entries(c.params).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
-    sha256(c.clientSecret.reveal()),
+    sha256Hex(c.clientSecret?.reveal() ?? ''),
+    // Appended only when present, so a client_secret route keeps the identity (and the shared token) it had.
+    ...Object.entries(c.bindings ?? {}).filter((e): e is [string, string] => e[1] !== undefined).sort(([a], [b]) => (a < b ? -1 : 1)),
   ]);
-  return sha256(canonical).slice(0, 32);
+  return sha256Hex(canonical).slice(0, 32);
 }

@@ -1,62 +1,78 @@
 /**
- * The client-credentials grant (RFC 6749 §4.4) over undici. One Agent per distinct TLS setup, so mTLS to a token
- * endpoint and plain TLS never share connections.
+ * Token requests over undici, for every grant and client authentication (token-request.ts builds them), with a
+ * DPoP proof when the route asks for one. One Agent per distinct TLS setup, so mTLS to a token endpoint (RFC 8705)
+ * and plain TLS never share connections. Answers are read bounded and parsed by response.ts.
  */
 import { Agent, request, type Dispatcher } from 'undici';
 import type { OAuth2Auth, TlsMaterial } from '../config/types.js';
 import type { Token } from '../core/token.js';
 import { TokenEndpointError } from '../core/errors.js';
-import { formEncode, sentForms } from './redact.js';
-import { parseTokenResponse } from './response.js';
+import { readFileDigest, SECRET_FILE_MAX_BYTES, unreadable } from '../config/files.js';
+import { dpopProof, NonceBook } from './dpop.js';
+import { parseTokenAnswer, type TokenHttpResponse } from './response.js';
+import { buildTokenRequest } from './token-request.js';
+
+export { buildTokenRequest, type TokenRequest } from './token-request.js';
 
 const MAX_BODY_BYTES = 256 * 1024;
 
+/** The state a grant carries from one request to the next: the newest refresh token, and where a new one goes. */
+export interface GrantInput {
+  refreshToken?: string | undefined;
+  /** Called with the answer's `refresh_token` (RFC 6749 §6: it may rotate) before the token is returned. */
+  onRefreshToken?: ((refreshToken: string) => void) | undefined;
+}
+
 export interface TokenFetcher {
-  fetchToken(routeName: string, auth: OAuth2Auth): Promise<Token>;
+  fetchToken(routeName: string, auth: OAuth2Auth, grant?: GrantInput): Promise<Token>;
 }
 
-export interface TokenRequest {
-  headers: Record<string, string>;
-  body: string;
-  /** Every spelling of a credential this request carries: redacted from anything the answer brings back. */
+interface Answer {
+  http: TokenHttpResponse;
+  requestedAtMs: number;
   sent: string[];
-}
-
-export function buildTokenRequest(auth: OAuth2Auth): TokenRequest {
-  const form = new URLSearchParams();
-  form.set('grant_type', 'client_credentials');
-  if (auth.scopes.length > 0) form.set('scope', auth.scopes.join(' '));
-  if (auth.audience !== undefined) form.set('audience', auth.audience);
-  if (auth.resource !== undefined) form.set('resource', auth.resource.href);
-  for (const [k, v] of Object.entries(auth.params)) form.set(k, v);
-  const headers: Record<string, string> = {
-    'content-type': 'application/x-www-form-urlencoded',
-    accept: 'application/json',
-  };
-  const secret = auth.clientSecret.reveal();
-  if (auth.clientAuth === 'client_secret_basic') {
-    const basic = `${formEncode(auth.clientId)}:${formEncode(secret)}`;
-    headers['authorization'] = `Basic ${Buffer.from(basic).toString('base64')}`;
-    return { headers, body: form.toString(), sent: sentForms(secret, [basic, `${auth.clientId}:${secret}`]) };
-  }
-  form.set('client_id', auth.clientId);
-  form.set('client_secret', secret);
-  return { headers, body: form.toString(), sent: sentForms(secret) };
+  dpopNonce: string | undefined;
 }
 
 export class OAuthClient implements TokenFetcher {
   readonly #agents = new Map<string, Agent>();
   readonly #defaultAgent = new Agent({ keepAliveTimeout: 30_000, connect: { timeout: 5_000 } });
+  /** DPoP-Nonce per token endpoint origin. */
+  readonly #nonces = new NonceBook();
 
   constructor(private readonly now: () => number = Date.now) {}
 
-  async fetchToken(routeName: string, auth: OAuth2Auth): Promise<Token> {
-    const { headers, body, sent } = buildTokenRequest(auth);
+  async fetchToken(routeName: string, auth: OAuth2Auth, grant: GrantInput = {}): Promise<Token> {
+    const subjectToken = auth.subjectToken ? await readSubjectToken(routeName, auth.subjectToken.file) : undefined;
+    const origin = auth.tokenUrl.origin;
+    let answer = await this.#post(routeName, auth, grant, subjectToken);
+    // RFC 9449 §8: the token endpoint wants a (newer) nonce: retry once with it, with a new proof and assertion.
+    if (auth.dpop && this.#nonces.note(origin, answer.dpopNonce) && answer.http.status === 400 && /"use_dpop_nonce"/.test(answer.http.body)) {
+      answer = await this.#post(routeName, auth, grant, subjectToken);
+      this.#nonces.note(origin, answer.dpopNonce);
+    }
+    const { token, refreshToken } = parseTokenAnswer(answer.http, {
+      route: routeName,
+      requestedAtMs: answer.requestedAtMs,
+      nowMs: this.now(),
+      defaultExpiresInMs: auth.defaultExpiresInMs,
+      maxLifetimeMs: auth.maxLifetimeMs,
+      redact: answer.sent,
+      shape: auth.tokenResponse,
+      dpop: auth.dpop !== undefined,
+    });
+    if (refreshToken !== undefined) grant.onRefreshToken?.(refreshToken);
+    return token;
+  }
+
+  async #post(routeName: string, auth: OAuth2Auth, grant: GrantInput, subjectToken: string | undefined): Promise<Answer> {
     const requestedAtMs = this.now();
-    let status: number;
-    let text: string;
-    let contentType: string | undefined;
-    let retryAfter: string | undefined;
+    const { headers, body, sent } = buildTokenRequest(auth, { nowMs: requestedAtMs, refreshToken: grant.refreshToken, subjectToken });
+    if (auth.dpop) {
+      const proof = dpopProof(auth.dpop.key, { method: 'POST', url: auth.tokenUrl.href, nowMs: requestedAtMs, nonce: this.#nonces.get(auth.tokenUrl.origin) });
+      headers['dpop'] = proof;
+      sent.push(proof);
+    }
     try {
       const res = await request(auth.tokenUrl, {
         method: 'POST',
@@ -67,27 +83,19 @@ export class OAuthClient implements TokenFetcher {
         headersTimeout: auth.timeoutMs,
         bodyTimeout: auth.timeoutMs,
       });
-      status = res.statusCode;
-      contentType = headerText(res.headers['content-type']);
-      retryAfter = headerText(res.headers['retry-after']);
-      text = await readLimited(res.body, MAX_BODY_BYTES);
+      const http = {
+        status: res.statusCode,
+        contentType: headerText(res.headers['content-type']),
+        retryAfter: headerText(res.headers['retry-after']),
+        body: await readLimited(res.body, MAX_BODY_BYTES),
+      };
+      return { http, requestedAtMs, sent, dpopNonce: headerText(res.headers['dpop-nonce']) };
     } catch (err) {
       throw new TokenEndpointError('unavailable', `token endpoint ${describeNetworkError(err, auth.timeoutMs)}`, {
         route: routeName,
         cause: err,
       });
     }
-    return parseTokenResponse(
-      { status, contentType, retryAfter, body: text },
-      {
-        route: routeName,
-        requestedAtMs,
-        nowMs: this.now(),
-        defaultExpiresInMs: auth.defaultExpiresInMs,
-        maxLifetimeMs: auth.maxLifetimeMs,
-        redact: sent,
-      },
-    );
   }
 
   /** At shutdown: a token request still running is abandoned, never waited for (it could hold the exit for `timeout`). */
@@ -133,4 +141,15 @@ function describeNetworkError(err: unknown, timeoutMs: number): string {
   if (e.code === 'UND_ERR_CONNECT_TIMEOUT') return 'could not be connected to in time';
   if (e.code) return `unreachable (${e.code})`;
   return `failed (${e.message ?? 'unknown error'})`;
+}
+
+/** RFC 8693 subject token from a file (a projected service-account token rotates: read it fresh every time). */
+async function readSubjectToken(routeName: string, file: string): Promise<string> {
+  const read = await readFileDigest(file, SECRET_FILE_MAX_BYTES);
+  const text = read.content?.toString('utf8').trim();
+  if (!text) {
+    const why = read.content === undefined ? unreadable(read.refusal, file, 'the subject token file') : `${file} is empty`;
+    throw new TokenEndpointError('unavailable', `subject token: ${why}`, { route: routeName });
+  }
+  return text;
 }

@@ -5,6 +5,7 @@
 import { TokenEndpointError } from '../core/errors.js';
 import { makeToken, type Token } from '../core/token.js';
 import { redact } from './redact.js';
+import type { TokenResponseShape } from '../config/types.js';
 
 export interface TokenHttpResponse {
   status: number;
@@ -22,7 +23,13 @@ export interface ParseContext {
   maxLifetimeMs: number;
   /** Strings that must never be echoed into an error: every spelling of a credential the request carried. */
   redact: readonly string[];
+  /** Where the token and its expiry are (vendor quirks); default: RFC 6749 §5.1 names, expires_in in seconds. */
+  shape?: TokenResponseShape | undefined;
+  /** The request carried a DPoP proof: token_type DPoP is expected (RFC 9449 §5), Bearer is accepted as unbound. */
+  dpop?: boolean | undefined;
 }
+
+const STANDARD_SHAPE: TokenResponseShape = { accessToken: ['access_token'], expiry: ['expires_in'], expiryFormat: 'seconds' };
 
 const MIN_LIFETIME_MS = 1_000;
 const MAX_RETRY_AFTER_MS = 3_600_000;
@@ -31,6 +38,11 @@ const MAX_RETRY_AFTER_MS = 3_600_000;
 const ACCESS_TOKEN = /^[\x21-\x7e]+$/;
 
 export function parseTokenResponse(res: TokenHttpResponse, ctx: ParseContext): Token {
+  return parseTokenAnswer(res, ctx).token;
+}
+
+/** The token, and the refresh token the answer carried (RFC 6749 §5.1, §6: it may be a new one). */
+export function parseTokenAnswer(res: TokenHttpResponse, ctx: ParseContext): { token: Token; refreshToken: string | undefined } {
   const json = parseJson(res.body);
   if (res.status !== 200) throw errorFromResponse(res, json, ctx);
   if (json === undefined || typeof json !== 'object' || json === null || Array.isArray(json)) {
@@ -40,31 +52,69 @@ export function parseTokenResponse(res: TokenHttpResponse, ctx: ParseContext): T
     });
   }
   const body = json as Record<string, unknown>;
-  const value = body['access_token'];
+  const shape = ctx.shape ?? STANDARD_SHAPE;
+  const value = at(body, shape.accessToken);
   if (typeof value !== 'string' || !ACCESS_TOKEN.test(value)) {
-    throw new TokenEndpointError('unavailable', 'token response has no valid access_token (RFC 6749 §5.1)', {
+    throw new TokenEndpointError('unavailable', `token response has no valid ${shape.accessToken.join('.')} (RFC 6749 §5.1)`, {
       route: ctx.route,
       httpStatus: 200,
     });
   }
   // token_type is required by §5.1, but several vendors omit it; "bearer" is matched case-insensitively (§7.1).
   const rawType = body['token_type'];
-  if (rawType !== undefined && (typeof rawType !== 'string' || rawType.toLowerCase() !== 'bearer')) {
-    throw new TokenEndpointError('unavailable', `unsupported token_type ${JSON.stringify(sanitize(String(rawType), ctx.redact))}; only Bearer is supported`, {
+  const type = typeof rawType === 'string' ? rawType.toLowerCase() : rawType;
+  if (type !== undefined && type !== 'bearer' && !(ctx.dpop && type === 'dpop')) {
+    const supported = ctx.dpop ? 'DPoP or Bearer' : 'only Bearer (DPoP needs auth.dpop)';
+    throw new TokenEndpointError('unavailable', `unsupported token_type ${JSON.stringify(sanitize(String(rawType), ctx.redact))}; ${supported} is supported`, {
       route: ctx.route,
       httpStatus: 200,
     });
   }
   const scope = typeof body['scope'] === 'string' ? body['scope'] : undefined;
-  const { expiresAtMs, source } = lifetime(body['expires_in'], value, ctx);
-  return makeToken({
+  const { expiresAtMs, source } = lifetime(expiresInSecondsOf(at(body, shape.expiry), shape, ctx.requestedAtMs), value, ctx);
+  const refresh = body['refresh_token'];
+  const token = makeToken({
     value,
-    tokenType: 'Bearer',
+    tokenType: type === 'dpop' ? 'DPoP' : 'Bearer',
     issuedAtMs: ctx.requestedAtMs,
     expiresAtMs,
     scope,
     lifetimeSource: source,
   });
+  return { token, refreshToken: typeof refresh === 'string' && ACCESS_TOKEN.test(refresh) ? refresh : undefined };
+}
+
+/** `data.accessToken` → body.data.accessToken, own properties only. */
+function at(body: Record<string, unknown>, path: readonly string[]): unknown {
+  let node: unknown = body;
+  for (const part of path) {
+    if (typeof node !== 'object' || node === null || Array.isArray(node) || !Object.hasOwn(node, part)) return undefined;
+    node = (node as Record<string, unknown>)[part];
+  }
+  return node;
+}
+
+/** The configured expiry field as a lifetime in seconds from the request (undefined: not usable). */
+function expiresInSecondsOf(raw: unknown, shape: TokenResponseShape, requestedAtMs: number): unknown {
+  switch (shape.expiryFormat) {
+    case 'seconds':
+      return raw;
+    case 'milliseconds': {
+      const ms = expiresInSeconds(raw);
+      return ms === undefined ? undefined : ms / 1000;
+    }
+    case 'unix-seconds':
+    case 'unix-milliseconds': {
+      const n = expiresInSeconds(raw);
+      if (n === undefined) return undefined;
+      const atMs = shape.expiryFormat === 'unix-seconds' ? n * 1000 : n;
+      return (atMs - requestedAtMs) / 1000;
+    }
+    case 'date': {
+      const atMs = typeof raw === 'string' && raw.length <= 64 ? Date.parse(raw) : NaN;
+      return Number.isNaN(atMs) ? undefined : (atMs - requestedAtMs) / 1000;
+    }
+  }
 }
 
 /** expires_in as seconds, if it is a positive finite number (or a string of digits, a common vendor quirk). */

@@ -35,6 +35,8 @@ export class Held401 {
   constructor(
     readonly statusCode: number,
     readonly headers: string[],
+    /** The vendor asked for a DPoP nonce (RFC 9449 §9): retry with the same token and a new proof. */
+    readonly nonceChallenge = false,
   ) {}
 
   /** False once the body is too large to hold: the caller hands the answer over and streams the rest. */

@@ -14,6 +14,7 @@ import type { Forwarder, UpstreamExchange, UpstreamListener } from './forward.js
 import { bodyPlan, Held401, holds401, retireAfter401, tokenForReplay, type ReplayObserver } from './replay.js';
 import { countHostHeaders, formatInjection, upstreamRequestHeaders } from './headers.js';
 import { requestIdGenerator } from './request-id.js';
+import { UpstreamDpop } from './dpop-upstream.js';
 import { matchRequest, type RouteTable } from './match.js';
 import { pinoAccessLog, type AccessLog } from './access-log.js';
 
@@ -44,6 +45,7 @@ interface Deps {
   readonly accessLog: AccessLog;
   readonly observer: RequestObserver;
   readonly nextRequestId: () => string;
+  readonly dpop: UpstreamDpop;
   injection(route: Route, token: Token): string;
 }
 
@@ -61,10 +63,12 @@ export class ProxyHandler {
       accessLog: opts.accessLog ?? pinoAccessLog(opts.log),
       observer: opts.observer ?? {},
       nextRequestId: requestIdGenerator(),
+      dpop: new UpstreamDpop(),
       injection: (route, token) => {
         const cached = this.#injections.get(route);
         if (cached?.token === token) return cached.value;
-        const value = formatInjection(route.inject.format, token.value.reveal());
+        // RFC 9449 §7.1: a DPoP-bound token goes with the DPoP scheme, whatever the Bearer format says.
+        const value = token.tokenType === 'DPoP' ? `DPoP ${token.value.reveal()}` : formatInjection(route.inject.format, token.value.reveal());
         this.#injections.set(route, { token, value });
         return value;
       },
@@ -108,6 +112,8 @@ class Exchange implements UpstreamListener {
   /** The body is in memory (or there is none): a replay can send it again. */
   #bodyKept = false;
   #replayed = false;
+  /** The one retry with a new DPoP nonce (RFC 9449 §9) was made. */
+  #nonceRetried = false;
   /** This attempt's 401 is held back for a replay. */
   #holding = false;
   #held: Held401 | undefined;
@@ -205,12 +211,18 @@ class Exchange implements UpstreamListener {
     }
     const headers = upstreamRequestHeaders(this.req.rawHeaders, route.inject.header, this.#authorization);
     if (this.#madeRequestId) headers.push(...this.#madeRequestId);
-    this.#holding = holds401(route, this.#token, this.#bodyKept, this.#replayed);
-    this.#upstream = this.deps.forwarder.send(route, { method: this.req.method ?? 'GET', path: this.#path, headers, body: this.#body }, this.#madeRequestId, this);
+    const method = this.req.method ?? 'GET';
+    const proof = this.deps.dpop.proofHeader(route, this.#token, method, this.#path);
+    if (proof) headers.push(...proof);
+    // A DPoP route holds a 401 even without retryOn401: it may only ask for a nonce.
+    this.#holding = holds401(route, this.#token, this.#bodyKept, this.#replayed) || (proof !== undefined && this.#bodyKept && !this.#nonceRetried);
+    this.#upstream = this.deps.forwarder.send(route, { method, path: this.#path, headers, body: this.#body }, this.#madeRequestId, this);
   }
 
   upstreamHeaders(statusCode: number, headers: string[]): void {
-    if (this.#holding && statusCode === 401) this.#held = new Held401(statusCode, headers);
+    if (this.#token?.tokenType === 'DPoP' && this.deps.dpop.answered(this.#route as Route, statusCode, headers) && !this.#nonceRetried && this.#holding) {
+      this.#held = new Held401(statusCode, headers, true);
+    } else if (this.#holding && statusCode === 401 && holds401(this.#route as Route, this.#token, this.#bodyKept, this.#replayed)) this.#held = new Held401(statusCode, headers);
     else this.res.writeHead(statusCode, headers);
   }
 
@@ -232,6 +244,11 @@ class Exchange implements UpstreamListener {
     const token = this.#token;
     const held = this.#held;
     this.#held = undefined;
+    if (held?.nonceChallenge && token) {
+      // Same token, a new proof with the vendor's nonce: once.
+      this.#nonceRetried = true;
+      return this.#send(route);
+    }
     if (held && token) return this.#replay(route, token, held);
     this.res.end();
     if (token && this.res.statusCode === 401) retireAfter401(this.deps.manager, this.deps.observer, route, token);

@@ -84,6 +84,26 @@ export function decodeToken(key: string, text: string, keyring: Keyring | undefi
   return { ok: true, token };
 }
 
+/**
+ * A secret the fleet shares beside a token (the newest refresh token): `{ v, s }`, or `{ v, enc }` sealed with the
+ * key name as AAD, so a value cannot be moved to another key. Undefined when it cannot be read here.
+ */
+export function encodeSecret(key: string, value: string, keyring: Keyring | undefined): string {
+  return JSON.stringify(keyring ? { v: VALUE_VERSION, enc: keyring.seal(value, `${key}|secret`) } : { v: VALUE_VERSION, s: value });
+}
+
+export function decodeSecret(key: string, text: string, keyring: Keyring | undefined): string | undefined {
+  let outer: unknown;
+  try {
+    outer = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  if (!isRecord(outer) || outer['v'] !== VALUE_VERSION) return undefined;
+  if (!keyring) return typeof outer['s'] === 'string' ? outer['s'] : undefined;
+  return isSealed(outer['enc']) ? keyring.open(outer['enc'], `${key}|secret`) : undefined;
+}
+
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }

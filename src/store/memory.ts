@@ -11,6 +11,7 @@ export class MemoryStore implements TokenStore {
   readonly #tokens = new Map<string, Token>();
   readonly #locks = new Set<string>();
   readonly #failures = new Map<string, SharedFailure>();
+  readonly #grants = new Map<string, string>();
   readonly #listeners: ((e: StoreEvent) => void)[] = [];
 
   constructor(private readonly now: () => number = Date.now) {}
@@ -21,6 +22,15 @@ export class MemoryStore implements TokenStore {
 
   async read(key: string): Promise<Stored<StoreRead>> {
     return stored(this.#read(key));
+  }
+
+  async getGrantState(key: string): Promise<Stored<string | undefined>> {
+    return stored(this.#grants.get(key));
+  }
+
+  async putGrantState(key: string, value: string): Promise<Stored<void>> {
+    this.#grants.set(key, value);
+    return STORED_VOID;
   }
 
   async putFailure(key: string, failure: SharedFailure): Promise<Stored<void>> {

@@ -95,3 +95,30 @@ export function parseFailure(text: string | null): SharedFailure | undefined {
 export function errMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
+
+export interface EventMessage {
+  /** refreshed, invalidated, failed */
+  e: 'r' | 'i' | 'f';
+  k: string;
+  fp: string;
+  /**
+   * On `r`: the value as stored (sealed when encryption is on), so waiting pods take the token from the event instead
+   * of reading it back: one round trip less per pod, which under load is what a waiter's wake-up costs. Anyone who
+   * can subscribe to the channel can read the key too: it adds no exposure.
+   */
+  v?: string | undefined;
+}
+
+/** An event off the channel, or undefined for anything else (another version, garbage). */
+export function parseEventMessage(text: string): EventMessage | undefined {
+  let msg: unknown;
+  try {
+    msg = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  if (typeof msg !== 'object' || msg === null) return undefined;
+  const { e, k, fp, v } = msg as Record<string, unknown>;
+  if (typeof k !== 'string' || typeof fp !== 'string' || (e !== 'r' && e !== 'i' && e !== 'f')) return undefined;
+  return { e, k, fp, v: typeof v === 'string' ? v : undefined };
+}

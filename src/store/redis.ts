@@ -13,8 +13,8 @@ import type { Logger } from '../log.js';
 import type { RedisStoreConfig } from '../config/types.js';
 import type { Token } from '../core/token.js';
 import { Keyring } from './crypto.js';
-import { decodeToken, encodeToken } from './codec.js';
-import { createClient, errMessage, isReplyError, outageOf, parseFailure, type Client } from './redis-client.js';
+import { decodeSecret, decodeToken, encodeSecret, encodeToken } from './codec.js';
+import { createClient, errMessage, isReplyError, outageOf, parseEventMessage, parseFailure, type Client, type EventMessage } from './redis-client.js';
 import { DELETE_IF_EQUALS, FAILURE_PUT, LOCK_RENEW, READ_OR_LOCK, TOKEN_INVALIDATE, TOKEN_PUT_NEWER, runScript } from './scripts.js';
 import {
   STORED_VOID,
@@ -39,19 +39,6 @@ export interface RedisStoreObserver {
   error?(op: string): void;
   decodeFailed?(reason: string): void;
   up?(up: boolean): void;
-}
-
-interface EventMessage {
-  /** refreshed, invalidated, failed */
-  e: 'r' | 'i' | 'f';
-  k: string;
-  fp: string;
-  /**
-   * On `r`: the value as stored (sealed when encryption is on), so waiting pods take the token from the event instead
-   * of reading it back: one round trip less per pod, which under load is what a waiter's wake-up costs. Anyone who
-   * can subscribe to the channel can read the key too: it adds no exposure.
-   */
-  v?: string;
 }
 
 export class RedisStore implements TokenStore {
@@ -135,6 +122,21 @@ export class RedisStore implements TokenStore {
     if (!reply.ok) return reply;
     const [text, failure] = reply.value;
     return stored({ ...(await this.#decode(redisKey, text ?? null)), failure: parseFailure(failure ?? null) });
+  }
+
+  grantKey(key: string): string {
+    return `${this.#prefix}{${key}}:grant`;
+  }
+
+  async getGrantState(key: string): Promise<Stored<string | undefined>> {
+    const reply = await this.#call('get_grant', () => this.#cmd.get(this.grantKey(key)));
+    return reply.ok ? stored(reply.value === null ? undefined : decodeSecret(this.grantKey(key), reply.value, this.#keyring)) : reply;
+  }
+
+  async putGrantState(key: string, value: string, ttlMs: number): Promise<Stored<void>> {
+    const sealed = encodeSecret(this.grantKey(key), value, this.#keyring);
+    const reply = await this.#call('put_grant', () => this.#cmd.set(this.grantKey(key), sealed, 'PX', Math.max(1, Math.floor(ttlMs))));
+    return reply.ok ? STORED_VOID : reply;
   }
 
   async putFailure(key: string, failure: SharedFailure): Promise<Stored<void>> {
@@ -335,17 +337,11 @@ export class RedisStore implements TokenStore {
   }
 
   #onMessage(text: string): void {
-    let msg: unknown;
-    try {
-      msg = JSON.parse(text);
-    } catch {
-      return;
-    }
-    if (typeof msg !== 'object' || msg === null) return;
-    const { e, k, fp, v } = msg as Record<string, unknown>;
-    if (typeof k !== 'string' || typeof fp !== 'string' || (e !== 'r' && e !== 'i' && e !== 'f')) return;
+    const msg = parseEventMessage(text);
+    if (!msg) return;
+    const { e, k, fp, v } = msg;
     // A value that does not decode (another version, another key) is ignored: the waiter reads the store instead.
-    const decoded = e === 'r' && typeof v === 'string' ? decodeToken(this.tokenKey(k), v, this.#keyring) : undefined;
+    const decoded = e === 'r' && v !== undefined ? decodeToken(this.tokenKey(k), v, this.#keyring) : undefined;
     const token = decoded?.ok && decoded.token.fingerprint === fp ? decoded.token : undefined;
     if (e !== 'f') {
       const event: StoreEvent = e === 'r' ? { kind: 'refreshed', key: k, fingerprint: fp, token } : { kind: 'invalidated', key: k, fingerprint: fp };
@@ -377,7 +373,6 @@ export class RedisStore implements TokenStore {
     };
     client.on('close', () => down());
     client.on('end', () => down());
-    // ioredis emits 'error' on every failed reconnect attempt; without a listener the process would crash.
     // ioredis emits 'error' on every failed reconnect attempt (a listener is also what keeps it from crashing the
     // process). The cause (WRONGPASS, a certificate, ECONNREFUSED) is worth a warning, once per change of cause.
     let lastCause: string | undefined;

@@ -88,6 +88,12 @@ export interface TokenStore {
   waitForEvent(key: string, timeoutMs: number): Promise<Token | undefined>;
   /** Delete the shared token only if it is still the one with `fingerprint`; publishes `invalidated`. */
   invalidate(key: string, fingerprint: string, opts?: CallOptions): Promise<Stored<boolean>>;
+  /**
+   * Grant state the fleet shares (the newest refresh token of a rotating grant), sealed like a token. Read and written
+   * by the lock holder only; undefined when absent or unreadable here.
+   */
+  getGrantState(key: string): Promise<Stored<string | undefined>>;
+  putGrantState(key: string, value: string, ttlMs: number): Promise<Stored<void>>;
   /** Events published by other pods (and this one). */
   onEvent(listener: (event: StoreEvent) => void): void;
   /** Whether events are being received; when false, fleet sync reconciles by polling. */

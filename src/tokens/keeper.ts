@@ -13,6 +13,7 @@ import { acquire, type Acquired, type Fetched } from './acquire.js';
 import type { CredentialName, TokenAudit } from './audit.js';
 import * as policy from './policy.js';
 import type { KeptState, TokenSource, Want } from './policy.js';
+import { RefreshChain } from './refresh-chain.js';
 import type { Scheduler } from './scheduler.js';
 import type { StoreTrouble } from './store-trouble.js';
 
@@ -46,6 +47,7 @@ export class Keeper {
   #auth: OAuth2Auth;
   #name: CredentialName;
   #warm = false;
+  #chain: RefreshChain | undefined;
 
   constructor(
     readonly key: string,
@@ -237,7 +239,9 @@ export class Keeper {
     const { nowMs, audit } = this.deps;
     const startedMs = nowMs();
     try {
-      const token = await this.deps.fetcher.fetchToken(route, this.#auth);
+      const chain = this.#auth.grant === 'refresh_token' ? await (this.#chain ??= new RefreshChain(this.deps.store, this.key, (o) => this.deps.trouble.report(o))).input(this.#auth) : undefined;
+      const token = await this.deps.fetcher.fetchToken(route, this.#auth, chain?.grant);
+      await chain?.saved();
       const durationMs = nowMs() - startedMs;
       audit.fetchSucceeded(route, token, durationMs);
       return { ok: true, token, durationMs };

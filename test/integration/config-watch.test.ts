@@ -65,7 +65,7 @@ function failedResult(result: LoadResult | undefined): Extract<LoadResult, { ok:
 function secretOf(result: LoadResult | undefined): string {
   const auth = okResult(result).config.routes[0]?.auth;
   if (auth?.type !== 'oauth2') throw new Error('expected an oauth2 route');
-  return auth.clientSecret.reveal();
+  return auth.clientSecret?.reveal() ?? '';
 }
 
 async function startWatcher(onResult: (result: LoadResult) => void, options?: ConfigWatcherOptions): Promise<ConfigWatcher> {

@@ -119,7 +119,7 @@ describe('every file read is bounded: regular files only, up to a size cap', () 
     const result = await loadConfigText(routesWithSecret('{ fromFile: linked-secret }'), { env: {}, baseDir: dir });
     if (!result.ok) throw new Error(result.problems.join('\n'));
     const auth = result.config.routes[0]?.auth;
-    expect(auth?.type === 'oauth2' && auth.clientSecret.reveal()).toBe('linked-secret');
+    expect(auth?.type === 'oauth2' && auth.clientSecret?.reveal()).toBe('linked-secret');
   });
 
   it('routes.yaml itself: a FIFO, /dev/zero, a directory or a file over 1 MiB is one problem with its path', async () => {

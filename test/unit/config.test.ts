@@ -241,7 +241,7 @@ describe('individual rules', () => {
     });
     expect(route?.auth).toMatchObject({ clientAuth: 'client_secret_basic', refreshAheadRatio: 0.2, defaultExpiresInMs: 300_000, maxLifetimeMs: 86_400_000 });
     // fromFile is read relative to the config's directory, without its trailing newline.
-    expect((route?.auth as OAuth2Auth).clientSecret.reveal()).toBe('file-secret-value');
+    expect((route?.auth as OAuth2Auth).clientSecret?.reveal()).toBe('file-secret-value');
   });
 });
 
@@ -279,7 +279,7 @@ describe('credential identity', () => {
     expect(JSON.stringify(loaded.config)).not.toContain(secret);
     expect(inspect(loaded.config, { depth: 10 })).not.toContain(secret);
     expect(`${String(auth.clientSecret)}`).toBe('[redacted]');
-    expect(auth.clientSecret.reveal()).toBe(secret);
+    expect(auth.clientSecret?.reveal()).toBe(secret);
     // A literal secret in the file is allowed, with a warning.
     expect(loaded.warnings).toEqual(['routes[0].auth.clientSecret: a literal value in the config file; prefer fromEnv or fromFile']);
   });
@@ -491,7 +491,7 @@ ${extra}`;
     await writeFile(join(dir, 'blank-line-end'), 'blank-secret\n\n');
     await writeFile(join(dir, 'crlf-inside'), 'inside\r\nsecret');
     const loaded = await ok(`${header}${oauthRoute({ secret: '{ fromFile: crlf-end }' })}`);
-    expect((loaded.config.routes[0]?.auth as OAuth2Auth).clientSecret.reveal()).toBe('crlf-secret');
+    expect((loaded.config.routes[0]?.auth as OAuth2Auth).clientSecret?.reveal()).toBe('crlf-secret');
     for (const file of ['blank-line-end', 'crlf-inside']) {
       const found = problems(await loadConfigText(`${header}${oauthRoute({ secret: `{ fromFile: ${file} }` })}`, { env: {}, baseDir: dir }));
       expect(found).toEqual([`routes[0].auth.clientSecret: ${file} contains a line break (CR or LF) after its one trailing newline; a client credential cannot carry it`]);
@@ -530,9 +530,9 @@ describe('auth.params', () => {
       'routes[0].auth.params.scope: reserved; the sidecar sets it from auth.scopes',
       'routes[0].auth.params.audience: reserved; the sidecar sets it from auth.audience',
       'routes[0].auth.params.resource: reserved; the sidecar sets it from auth.resource',
-      'routes[0].auth.params.client_assertion: reserved; the sidecar sets it from auth.clientAuth (client assertions are not supported in this version)',
-      'routes[0].auth.params.client_assertion_type: reserved; the sidecar sets it from auth.clientAuth (client assertions are not supported in this version)',
-      'routes[0].auth.params.refresh_token: reserved; the sidecar sets it from auth.grant (only client_credentials is supported in this version)',
+      'routes[0].auth.params.client_assertion: reserved; the sidecar sets it from auth.privateKey (clientAuth: private_key_jwt)',
+      'routes[0].auth.params.client_assertion_type: reserved; the sidecar sets it from auth.clientAuth',
+      'routes[0].auth.params.refresh_token: reserved; the sidecar sets it from auth.refreshToken (grant: refresh_token)',
       'routes[0].auth.params.Scope: reserved; the sidecar sets it from auth.scopes',
     ]);
   });
