@@ -87,6 +87,8 @@ const dpop = z.strictObject({
   alg: signingAlg.optional(),
 });
 
+const resourceUrl = httpUrl({ allowQuery: true });
+
 const oauth2 = z
   .strictObject({
     type: z.literal('oauth2'),
@@ -109,7 +111,13 @@ const oauth2 = z
     requestedTokenType: z.string().min(1).optional(),
     scopes: z.array(z.string().regex(/^[\x21\x23-\x5b\x5d-\x7e]+$/, 'not a valid scope token (RFC 6749 §3.3)')).default([]),
     audience: z.string().min(1).optional(),
-    resource: httpUrl({ allowQuery: true }).optional(),
+    /** RFC 8707: sent exactly as written (a URL parser would add a trailing slash some servers compare exactly). */
+    resource: z
+      .string({ error: 'expected a URL' })
+      .superRefine((text, ctx) => {
+        for (const issue of resourceUrl.safeParse(text).error?.issues ?? []) ctx.addIssue({ code: 'custom', message: issue.message });
+      })
+      .optional(),
     params: params.default({}),
     headers: tokenHeaders.default({}),
     tokenResponse: tokenResponse.default({ accessToken: ['access_token'], expiry: ['expires_in'], expiryFormat: 'seconds' }),

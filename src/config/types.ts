@@ -44,7 +44,7 @@ export interface OAuth2Auth {
   subjectToken: { file: string; type: string; requestedType: string | undefined } | undefined;
   scopes: string[];
   audience: string | undefined;
-  resource: URL | undefined;
+  resource: string | undefined;
   params: Record<string, string>;
   /** Extra headers on the token request. */
   headers: Record<string, string>;

@@ -9,7 +9,7 @@ export interface CredentialFields {
   clientAuth: string;
   scopes: readonly string[];
   audience: string | undefined;
-  resource: URL | undefined;
+  resource: string | undefined;
   params: Record<string, string>;
   /** Method- and grant-specific parts (key and certificate thumbprints, …): only the ones set enter the identity. */
   bindings?: Readonly<Record<string, string | undefined>>;
@@ -31,7 +31,7 @@ export function credentialIdentity(c: CredentialFields): string {
     c.clientAuth,
     [...c.scopes].sort(),
     c.audience ?? null,
-    c.resource?.href ?? null,
+    c.resource ?? null,
     Object.entries(c.params).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
     sha256Hex(c.clientSecret?.reveal() ?? ''),
     // Appended only when present, so a client_secret route keeps the identity (and the shared token) it had.

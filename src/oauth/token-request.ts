@@ -36,7 +36,7 @@ export function buildTokenRequest(auth: OAuth2Auth, input: TokenRequestInput): T
   grantFields(auth, input, form, sent);
   if (auth.scopes.length > 0) form.set('scope', auth.scopes.join(' '));
   if (auth.audience !== undefined) form.set('audience', auth.audience);
-  if (auth.resource !== undefined) form.set('resource', auth.resource.href);
+  if (auth.resource !== undefined) form.set('resource', auth.resource);
   for (const [k, v] of Object.entries(auth.params)) form.set(k, v);
   const headers: Record<string, string> = {
     ...auth.headers,
