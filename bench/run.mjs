@@ -4,7 +4,7 @@
 //   node bench/run.mjs --quick         smoke check: 1 repetition, short runs (< 2.5 min)
 // Options: --report=FILE.json (rebuild the Markdown from saved results), --seconds=N --reps=N (override), --proto=DIST_DIR (add a second token-sidecar built from another dist/,
 //   e.g. a prototype, as its own target), --dist=DIR (run the product and the dev helpers from another build), --profile (also run token-sidecar under --cpu-prof and print its hottest
-//   functions), --no-install (never apt-get), --only=matrix|startup|fleet|slowstore|cluster64[,…] (some parts, for
+//   functions), --no-install (never apt-get), --only=matrix|startup|fleet|slowstore|dpop|cluster64[,…] (some parts, for
 //   development; cluster64, 64 sidecars on a Redis Cluster, runs only when named here or with --with-cluster64).
 // Writes bench/results/latest.md (the tables) and bench/results/latest.json (every repetition).
 // See bench/README.md for the method.
@@ -196,7 +196,7 @@ async function startRedis() {
 }
 
 // ---- targets ---------------------------------------------------------------------------------------------------
-function sidecarConfig({ upstream, tokenUrl, store, listen = '127.0.0.1:0', admin = '127.0.0.1:0', warm = false, staticRoute = false }) {
+function sidecarConfig({ upstream, tokenUrl, store, listen = '127.0.0.1:0', admin = '127.0.0.1:0', warm = false, staticRoute = false, dpop = false }) {
   const storeBlock =
     store?.type === 'redis'
       ? `store:\n  type: redis\n  redis:\n    url: ${store.url}\n    keyPrefix: "${store.keyPrefix}"\n`
@@ -208,7 +208,7 @@ ${storeBlock}routes:
   - name: bench
     match: { pathPrefix: ${PREFIX} }
     upstream: ${upstream}
-    auth: { type: oauth2, tokenUrl: ${tokenUrl}, clientId: demo-client, clientSecret: demo-secret }
+    auth: { type: oauth2, tokenUrl: ${tokenUrl}, clientId: demo-client, clientSecret: demo-secret${dpop ? ', dpop: {}' : ''} }
     warm: ${warm}
 ${staticRoute ? `  - name: warmup\n    match: { pathPrefix: /warmup }\n    upstream: ${upstream}\n    auth: { type: static, value: static-warmup-key }\n` : ''}`;
 }
@@ -433,6 +433,7 @@ async function main() {
   if (part('startup')) results.startup = await startupPhase({ dir, upstream, idp, redis });
   if (part('fleet') && redis) results.fleet = await fleetPhase({ dir, upstream, idp, redis });
   if (part('slowstore') && redis) results.slowstore = await slowStorePhase({ dir, upstream, redis });
+  if (part('dpop')) results.dpop = await dpopPhase({ dir, upstream, idp, stats });
   if (part('cluster64', flag('with-cluster64'))) {
     if (have('redis-server') && have('redis-cli')) results.cluster64 = await cluster64Phase({ dir, upstream });
     else notes.push('redis-server or redis-cli is not installed: the Redis Cluster part (N = 64) is skipped.');
@@ -448,6 +449,35 @@ async function main() {
   writeFileSync(join(here, 'results', 'latest.json'), JSON.stringify(results, null, 1));
   process.stdout.write(`${md}\n`);
   log(`done in ${results.elapsedS.toFixed(0)} s; wrote bench/results/latest.md`);
+}
+
+// ---- DPoP ------------------------------------------------------------------------------------------------------
+/**
+ * The price of a DPoP proof per request (RFC 9449 §7: a fresh ES256 JWS with ath on every vendor request): the same
+ * sidecar and route with and without `dpop: {}`, measured interleaved at 32 connections, pinned like the matrix.
+ */
+async function dpopPhase({ dir, upstream, idp, stats }) {
+  const common = { dir, cpus: '1', upstream: upstream.origin, tokenUrl: idp.tokenUrl };
+  const targets = [
+    { id: 'bearer', label: 'Bearer route', ...(await startSidecar({ name: 'sidecar-bearer', ...common })) },
+    { id: 'dpop', label: 'DPoP route (ES256 proof per request)', ...(await startSidecar({ name: 'sidecar-dpop', ...common, dpop: true })) },
+  ];
+  for (const t of targets) {
+    t.base = `${t.proxy}${PREFIX}`;
+    const r = await httpGet(`${t.base}/small`);
+    if (r.status !== 200) throw new Error(`${t.id}: ${r.status} ${r.text.slice(0, 200)}`);
+    await measureOnce(t, PAYLOADS[0], 32, WARM_S);
+  }
+  const rows = [];
+  for (const p of PAYLOADS) {
+    const reps = { bearer: [], dpop: [] };
+    for (let i = 0; i < REPS; i++) for (const t of targets) reps[t.id].push(await measureRep(t, p, 32, SECONDS, stats));
+    const pick = (id, k) => median(reps[id].map((r) => r[k]));
+    rows.push({ payload: p.id, label: p.label, bearer: { rps: pick('bearer', 'rps'), cpu: pick('bearer', 'cpuPer10k'), p99: pick('bearer', 'p99Ms') }, dpop: { rps: pick('dpop', 'rps'), cpu: pick('dpop', 'cpuPer10k'), p99: pick('dpop', 'p99Ms') } });
+    log(`  dpop ${p.id}: bearer ${f0(rows.at(-1).bearer.rps)} req/s, dpop ${f0(rows.at(-1).dpop.rps)} req/s`);
+  }
+  for (const t of targets) await t.proc.stop();
+  return { rows };
 }
 
 // ---- matrix ----------------------------------------------------------------------------------------------------
@@ -1166,6 +1196,19 @@ function report(R) {
       verdict(S.steady.every((t) => t.tokenCalls <= t.bound)),
     ]);
   }
+  if (R.dpop?.rows?.length) {
+    L.push('## DPoP: a proof per request, beside a Bearer route (32 connections, memory store, warm token)');
+    L.push('');
+    row(['payload', 'Bearer req/s', 'DPoP req/s', 'ratio', 'Bearer CPU-s / 10k', 'DPoP CPU-s / 10k', 'extra CPU per request', 'Bearer p99 ms', 'DPoP p99 ms']);
+    row(['---', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:']);
+    for (const d of R.dpop.rows) {
+      row([d.label, f0(d.bearer.rps), f0(d.dpop.rps), `${f2(d.dpop.rps / d.bearer.rps)}×`, f2(d.bearer.cpu), f2(d.dpop.cpu), `${f0((d.dpop.cpu - d.bearer.cpu) * 100)} µs`, f2(d.bearer.p99), f2(d.dpop.p99)]);
+    }
+    L.push('');
+    L.push('Method: two sidecar processes from the same build, one route each, the same token endpoint (which answers `token_type: DPoP` to a request with a proof); the DPoP route has `dpop: {}` (a key of its own, ES256), so every vendor request carries a fresh proof with `jti`, `iat`, `htm`, `htu` and `ath`, signed with node:crypto. Interleaved repetitions, medians; pinned like the matrix.');
+    L.push('');
+  }
+
   if (R.cluster64?.tokenCalls !== undefined) {
     const C = R.cluster64;
     goals.push([`fleet token calls on a ${C.masters}-master Redis Cluster (N = ${C.n}, cold burst)`, '1', String(C.tokenCalls), verdict(C.tokenCalls === 1)]);
@@ -1228,6 +1271,19 @@ function report(R) {
     }
     L.push('');
     L.push(`Method: ${S.n} sidecar processes share one redis-server through a TCP relay (\`dist/dev/latency-relay.js\`, its own process) that delays every chunk by half the round trip each way; the PING column is one measured through the relay on an open connection. Store timeouts (\`commandTimeout\`, \`coordinationTimeout\`: 1 s each), the lock lease and \`refreshAhead\` (20 %) are left at their defaults. Every case has a route (and scope) of its own, so it starts cold and its token calls are counted apart, by scope, at the token endpoint. Cold burst: every pod ready with its store connected, client connections warmed through a static-key route, then ${S.perPod} concurrent requests per pod at once; answer times are from the burst's start and include the token endpoint's ${S.idpMs} ms. Steady: the token endpoint answers \`expires_in: ${S.lifetimeS}\`, and 2 closed loops per pod (a request, then 25 ms) run for ${S.lifetimes} lifetimes (${S.lifetimes * S.lifetimeS} s); latency after the first 2 s leaves out the requests that waited for the cold fetch; calls are counted from the first request to the end of the traffic and split into ${S.lifetimeS} s windows (the first holds the cold fetch). With \`refreshAhead: ${S.refreshAhead * 100}%\` (the default, written into these routes) each pod replaces a token between ${f2(S.periodS)} and ${f2(S.lifetimeS * (1 - S.refreshAhead))} s into its life, so one call per refresh is a call every ~${f2(S.periodS)} s (the earliest of ${S.n} pods' jittered timers), more than one per ${S.lifetimeS} s window: the bound counts refresh periods (traffic time / ${f2(S.periodS)} s, as test/integration/slow-store.test.ts does) + the cold fetch + one in flight at the end. Fallback fetches: \`token_sidecar_store_fallback_fetches_total\` summed over the pods' \`/metrics\` (a pod fetched alone because the fleet could not coordinate). Other work: CPU time of the processes that are not the bench's, plus steal, over each measurement (the matrix's disturbance count): reported, not redone. The "before the fix" column is the table measured before issue 21 was fixed, not this run.`);
+    L.push('');
+  }
+
+  if (R.dpop?.rows?.length) {
+    L.push('## DPoP: a proof per request, beside a Bearer route (32 connections, memory store, warm token)');
+    L.push('');
+    row(['payload', 'Bearer req/s', 'DPoP req/s', 'ratio', 'Bearer CPU-s / 10k', 'DPoP CPU-s / 10k', 'extra CPU per request', 'Bearer p99 ms', 'DPoP p99 ms']);
+    row(['---', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:']);
+    for (const d of R.dpop.rows) {
+      row([d.label, f0(d.bearer.rps), f0(d.dpop.rps), `${f2(d.dpop.rps / d.bearer.rps)}×`, f2(d.bearer.cpu), f2(d.dpop.cpu), `${f0((d.dpop.cpu - d.bearer.cpu) * 100)} µs`, f2(d.bearer.p99), f2(d.dpop.p99)]);
+    }
+    L.push('');
+    L.push('Method: two sidecar processes from the same build, one route each, the same token endpoint (which answers `token_type: DPoP` to a request with a proof); the DPoP route has `dpop: {}` (a key of its own, ES256), so every vendor request carries a fresh proof with `jti`, `iat`, `htm`, `htu` and `ath`, signed with node:crypto. Interleaved repetitions, medians; pinned like the matrix.');
     L.push('');
   }
 

@@ -133,7 +133,8 @@ export async function startFakeIdp(
       200,
       {
         access_token: token,
-        token_type: b.tokenType ?? 'Bearer',
+        // A request with a DPoP proof gets a DPoP-bound token (RFC 9449 §5); the proof itself is not checked here.
+        token_type: b.tokenType ?? (req.headers['dpop'] ? 'DPoP' : 'Bearer'),
         ...(expiresIn !== OMIT && { expires_in: expiresIn }),
         ...(scope !== undefined && { scope }),
       },
