@@ -22,12 +22,21 @@ type Json = Record<string, unknown>;
 
 let dir: string;
 const running: { close(): Promise<unknown> }[] = [];
+const started: Started[] = [];
 
 beforeAll(async () => {
   dir = await mkdtemp(path.join(os.tmpdir(), 'oauth-methods-'));
 });
 
 afterAll(async () => {
+  // Every signed thing here (client assertions, DPoP proofs, the JWT access tokens) is a JWS, and every JWS starts
+  // with base64url of `{"`: none may reach a log line or an admin answer.
+  for (const s of started) {
+    const routes = await call(`${s.admin}/v1/routes`);
+    const metrics = await request(`${s.admin}/metrics`).then((r) => r.body.text());
+    for (const text of [...s.lines, JSON.stringify(routes.body), metrics]) expect(text).not.toMatch(/eyJ[A-Za-z0-9_-]{8,}/);
+  }
+  expect(started.length).toBeGreaterThanOrEqual(5);
   await Promise.allSettled(running.map((r) => r.close()));
   await rm(dir, { recursive: true, force: true });
 });
@@ -53,7 +62,9 @@ async function startSidecar(routes: Json[]): Promise<Started> {
   const log = createLogger({ level: 'debug', destination: { write: (line: string) => void lines.push(line) } });
   const sidecar = await Sidecar.start({ config: loaded.config, log });
   running.push({ close: () => sidecar.stop(200) });
-  return { sidecar, proxy: sidecar.proxyUrl, admin: sidecar.adminUrl, lines, warnings: loaded.warnings };
+  const s = { sidecar, proxy: sidecar.proxyUrl, admin: sidecar.adminUrl, lines, warnings: loaded.warnings };
+  started.push(s);
+  return s;
 }
 
 async function call(url: string, init: { method?: string; body?: string } = {}): Promise<{ status: number; body: Json }> {
