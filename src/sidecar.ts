@@ -21,40 +21,30 @@ import { answerClientError, sendErrorOnSocket } from './http/problem.js';
 import { createAdminServer, type Readiness } from './admin/server.js';
 import { adminApi } from './admin/api.js';
 import { Metrics } from './admin/metrics.js';
+import {
+  ADMIN_HEADERS_TIMEOUT_MS,
+  ADMIN_KEEP_ALIVE_TIMEOUT_MS,
+  ADMIN_MAX_CONNECTIONS,
+  ADMIN_REQUEST_TIMEOUT_MS,
+  PROXY_HEADERS_TIMEOUT_MS,
+  PROXY_KEEP_ALIVE_TIMEOUT_MS,
+  PROXY_MAX_CONNECTIONS,
+  PROXY_REQUEST_TIMEOUT_MS,
+} from './config/limits.js';
 
 /** Longest a start waits for the shared store before listening anyway. */
 export const STORE_START_WAIT_MS = 1_000;
 
-// Listener limits (docs/operations.md, "Limits"). Node's defaults (60 s for headers, checked only every 30 s; 300 s
-// for a request; no cap on connections) let slow or idle clients hold sockets and memory for minutes.
-
-/** The app's request headers must all arrive within this (a slowloris is cut here, with 408). Apps on loopback send them in one write. */
-export const PROXY_HEADERS_TIMEOUT_MS = 10_000;
-/**
- * The whole request, body included, must arrive within this (408 if no answer started yet, else the connection is
- * cut). A streamed body moves as fast as the vendor takes it, so this bounds the longest upload: 2 min is ~120 MiB
- * at 1 MiB/s, far above the documents these APIs take, and still cuts a body that trickles.
- */
-export const PROXY_REQUEST_TIMEOUT_MS = 120_000;
-/**
- * Apps on localhost keep connections open; outlive typical client idle timeouts (60 s is common) so a reused socket
- * is never closed under a request in flight. Node closes an idle socket 1 s after this.
- */
-export const PROXY_KEEP_ALIVE_TIMEOUT_MS = 65_000;
-/**
- * Connections the app listener holds at once, idle keep-alive ones included; past it Node accepts and closes at once.
- * One pod's app rarely needs a few hundred; each costs a file descriptor and some kilobytes, so 1024 stays well inside
- * a sidecar's memory and fd limits.
- */
-export const PROXY_MAX_CONNECTIONS = 1_024;
-/** Admin requests (probes, scrapes, operators) are small: their headers get less time than the app's. */
-export const ADMIN_HEADERS_TIMEOUT_MS = 5_000;
-/** Admin requests have no body worth waiting for (a refresh's answer may take longer: only receiving the request counts). */
-export const ADMIN_REQUEST_TIMEOUT_MS = 10_000;
-/** Node's default, explicit: probes open a connection per check, Prometheus reconnects per scrape at worst. */
-export const ADMIN_KEEP_ALIVE_TIMEOUT_MS = 5_000;
-/** The admin listener faces the pod network: kubelet probes, a scraper and operators need a handful, not hundreds. */
-export const ADMIN_MAX_CONNECTIONS = 64;
+export {
+  ADMIN_HEADERS_TIMEOUT_MS,
+  ADMIN_KEEP_ALIVE_TIMEOUT_MS,
+  ADMIN_MAX_CONNECTIONS,
+  ADMIN_REQUEST_TIMEOUT_MS,
+  PROXY_HEADERS_TIMEOUT_MS,
+  PROXY_KEEP_ALIVE_TIMEOUT_MS,
+  PROXY_MAX_CONNECTIONS,
+  PROXY_REQUEST_TIMEOUT_MS,
+} from './config/limits.js';
 /** How often Node looks for requests past headersTimeout/requestTimeout: they are enforced to within this (Node's default is 30 s). */
 export const TIMEOUT_CHECK_INTERVAL_MS = 1_000;
 /** At most one `connections.dropped` warning per listener per this long (the count says how many). */
@@ -143,8 +133,8 @@ export class Sidecar {
     const { manager } = keeping;
     const forwarder = new Forwarder();
     const handler = new ProxyHandler({ manager, forwarder, log, ...(opts.accessLog ? { accessLog: opts.accessLog } : {}), observer: metrics.requests }, { table: buildRouteTable(config.routes) });
-    const proxyLimits = { ...PROXY_LIMITS, ...opts.limits?.proxy };
-    const adminLimits = { ...ADMIN_LIMITS, ...opts.limits?.admin };
+    const proxyLimits = { ...PROXY_LIMITS, ...config.limits.app, ...opts.limits?.proxy };
+    const adminLimits = { ...ADMIN_LIMITS, ...config.limits.admin, ...opts.limits?.admin };
     const proxyServer = createServer(serverOptions(proxyLimits), handler.handle);
     // RFC 9110 §10.1.1: a client that sent `Expect: 100-continue` waits before sending its body; the exchange sends
     // 100 only once it will read the body, so an unmatched or refused request is answered without the upload.
@@ -191,12 +181,12 @@ export class Sidecar {
   /**
    * Swap in a reloaded config. Requests already running finish on the routes they matched; tokens of unchanged
    * credentials are kept; a route whose credentials changed gets a new cache key, so its old token is never served.
-   * Listeners, the store and the audit destination are fixed at start: changing them needs a restart.
+   * Listeners (and their limits), the store and the audit destination are fixed at start: changing them needs a restart.
    */
   apply(next: Config): void {
-    const fixed = (['listen', 'admin', 'store', 'audit'] as const).filter((k) => JSON.stringify(next[k]) !== JSON.stringify(this.#config[k]));
+    const fixed = (['listen', 'admin', 'limits', 'store', 'audit'] as const).filter((k) => JSON.stringify(next[k]) !== JSON.stringify(this.#config[k]));
     if (fixed.length > 0) this.log.warn({ event: 'config.restart_needed', keys: fixed }, `changes to ${fixed.join(', ')} take effect after a restart`);
-    const applied: Config = { ...next, listen: this.#config.listen, admin: this.#config.admin, store: this.#config.store, audit: this.#config.audit };
+    const applied: Config = { ...next, listen: this.#config.listen, admin: this.#config.admin, limits: this.#config.limits, store: this.#config.store, audit: this.#config.audit };
     this.manager.setRoutes(applied.routes);
     this.handler.setSnapshot({ table: buildRouteTable(applied.routes) });
     this.forwarder.retain(applied.routes);

@@ -38,6 +38,9 @@ export const DURATION_RANGES_MS = {
   redisCall: { min: 10, max: 60_000 },
   lockLease: { min: 500, max: 300_000 },
   lockWaitTimeout: { min: 100, max: 600_000 },
+  listenerHeaders: { min: 1_000, max: 600_000 },
+  listenerRequest: { min: 1_000, max: 3_600_000 },
+  listenerKeepAlive: { min: 1_000, max: 600_000 },
   /** 0 is meaningful: no drain, in-flight requests are cut at once. */
   drainTimeout: { min: 0, max: 600_000 },
 } as const satisfies Record<string, { min: number; max: number }>;

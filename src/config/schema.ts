@@ -7,6 +7,7 @@ import { z } from 'zod';
 import { findUnsafeChar, codePointName, redactUrl } from './text.js';
 import { formatHostPort, isLoopbackListenHost } from './units.js';
 import { auth } from './auth-schema.js';
+import { LIMIT_DEFAULTS } from './limits.js';
 import { DURATION_RANGES_MS, durationIn, hostPort, httpUrl, listenAddress, secretRef, sizeBytes, tlsFiles } from './primitives.js';
 
 export { DURATION_RANGES_MS, durationIn, type SecretRef, type RawTls } from './primitives.js';
@@ -155,6 +156,28 @@ const store = z.discriminatedUnion(
   { error: 'store.type must be memory or redis' },
 );
 
+/** Defaults and why: src/config/limits.ts. */
+type LimitDefaults = (typeof LIMIT_DEFAULTS)['app' | 'admin'];
+
+function listenerLimits(d: LimitDefaults) {
+  return z
+    .strictObject({
+      headersTimeout: durationIn(DURATION_RANGES_MS.listenerHeaders).default(d.headers),
+      requestTimeout: durationIn(DURATION_RANGES_MS.listenerRequest).default(d.request),
+      keepAliveTimeout: durationIn(DURATION_RANGES_MS.listenerKeepAlive).default(d.keepAlive),
+      maxConnections: z.number().int().min(1).max(65_536).default(d.maxConnections),
+    })
+    .default(limitsOf(d));
+}
+
+function limitsOf(d: LimitDefaults) {
+  return { headersTimeout: d.headers, requestTimeout: d.request, keepAliveTimeout: d.keepAlive, maxConnections: d.maxConnections };
+}
+
+const limits = z
+  .strictObject({ app: listenerLimits(LIMIT_DEFAULTS.app), admin: listenerLimits(LIMIT_DEFAULTS.admin) })
+  .default({ app: limitsOf(LIMIT_DEFAULTS.app), admin: limitsOf(LIMIT_DEFAULTS.admin) });
+
 export const configSchema = z
   .strictObject({
     version: z.literal(1, { error: 'version must be 1' }),
@@ -164,6 +187,8 @@ export const configSchema = z
     allowExternalListen: z.boolean().default(false),
     /** Bound on the graceful drain at shutdown. */
     drainTimeout: durationIn(DURATION_RANGES_MS.drainTimeout).default(10_000),
+    /** Slow and idle clients, and connections at once, per listener. */
+    limits,
     store: store.default({ type: 'memory' }),
     /** Where token lifecycle (audit) events go: `stdout` (with the other logs), `stderr`, or a file path. */
     audit: z.strictObject({ destination: z.string().min(1).default('stdout') }).default({ destination: 'stdout' }),

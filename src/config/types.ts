@@ -110,12 +110,20 @@ export interface RedisStoreConfig {
 
 export type StoreConfig = { type: 'memory' } | RedisStoreConfig;
 
+export interface ListenerLimitsConfig {
+  headersTimeoutMs: number;
+  requestTimeoutMs: number;
+  keepAliveTimeoutMs: number;
+  maxConnections: number;
+}
+
 export interface Config {
   listen: HostPort;
   admin: HostPort;
   /** `listen` may be beyond loopback (the app port has no authentication); warned about at every start. */
   allowExternalListen: boolean;
   drainTimeoutMs: number;
+  limits: { app: ListenerLimitsConfig; admin: ListenerLimitsConfig };
   store: StoreConfig;
   audit: { destination: string };
   routes: Route[];

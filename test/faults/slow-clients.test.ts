@@ -163,6 +163,35 @@ describe('maxConnections', () => {
     expect(conn.received()).toBe('');
   }
 
+  it('set in routes.yaml (limits.app, limits.admin), on the shipped program', async () => {
+    const file = await writeConfig(`version: 1
+listen: 127.0.0.1:0
+admin: 127.0.0.1:0
+limits:
+  app: { headersTimeout: 1s }
+  admin: { maxConnections: 2 }
+routes:
+  - name: pix
+    match: { pathPrefix: /pix }
+    upstream: http://127.0.0.1:9/v2
+    auth: { type: static, value: { fromEnv: SLOW_SECRET } }
+`);
+    const sc = await startSidecarProcess(file, { SLOW_SECRET: 'k' });
+    try {
+      const { status, closedAfterMs } = await slowloris(Number(new URL(sc.proxyUrl).port), 1_000 + TIMEOUT_CHECK_INTERVAL_MS + 1_500);
+      expect(status).toBe(408);
+      // Far below the 10 s default: the configured 1 s (+ the 1 s check interval).
+      expect(closedAfterMs).toBeGreaterThanOrEqual(900);
+      expect(closedAfterMs).toBeLessThan(PROXY_HEADERS_TIMEOUT_MS);
+      const adminPort = Number(new URL(sc.adminUrl).port);
+      const held = await holdOpen(adminPort, 2, '/healthz');
+      await expectRefused(adminPort);
+      for (const c of held) c.socket.destroy();
+    } finally {
+      await sc.kill('SIGKILL');
+    }
+  }, 30_000);
+
   for (const listener of ['proxy', 'admin'] as const) {
     it(`${listener}: connections past the cap are closed at once, without an answer; one slot freed is one served`, async () => {
       const cap = listener === 'proxy' ? 3 : 2;
