@@ -1,0 +1,77 @@
+/**
+ * A 401 storm: the vendor stops accepting the fleet's token (revoked at the IdP) while 500 requests are in flight on
+ * two sidecar processes sharing a real Redis. Exactly one token request fleet-wide, and every replayable request
+ * (a POST with a small body) ends 200 after its one replay.
+ */
+import { randomBytes } from 'node:crypto';
+import { Agent, request } from 'undici';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { startEchoVendor, type EchoVendor } from '../../src/dev/echo-vendor.js';
+import { startFakeIdp, type FakeIdp } from '../../src/dev/fake-idp.js';
+import { startRedis, type RedisServer } from '../helpers/redis.js';
+import { startSidecarProcess, writeConfig, type SidecarProcess } from '../helpers/sidecar-process.js';
+
+const IN_FLIGHT_PER_POD = 250;
+let idp: FakeIdp;
+let vendor: EchoVendor;
+let redis: RedisServer;
+const pods: SidecarProcess[] = [];
+const agent = new Agent({ connections: IN_FLIGHT_PER_POD + 10, keepAliveTimeout: 10_000 });
+
+beforeAll(async () => {
+  [idp, vendor, redis] = await Promise.all([
+    startFakeIdp({ clients: { storm: 'storm-secret-1234' }, defaultExpiresInS: 600 }),
+    startEchoVendor(),
+    startRedis(),
+  ]);
+  vendor.acceptToken = (t) => idp.isValid(t);
+  const file = await writeConfig(`version: 1
+listen: 127.0.0.1:0
+admin: 127.0.0.1:0
+store:
+  type: redis
+  redis: { url: ${redis.url}, keyPrefix: "storm${randomBytes(3).toString('hex')}:" }
+routes:
+  - name: pix
+    match: { pathPrefix: /pix }
+    upstream: ${vendor.url}/v2
+    auth: { type: oauth2, tokenUrl: ${idp.url}, clientId: storm, clientSecret: storm-secret-1234 }
+`);
+  pods.push(...(await Promise.all([startSidecarProcess(file), startSidecarProcess(file)])));
+}, 60_000);
+
+afterAll(async () => {
+  await Promise.all([...pods.map((p) => p.kill('SIGKILL')), idp?.close(), vendor?.close(), redis?.stop(), agent.close()]);
+});
+
+async function post(pod: SidecarProcess, i: number): Promise<number> {
+  const res = await request(`${pod.proxyUrl}/pix/payments`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ i, amount: 100 }),
+    dispatcher: agent,
+  });
+  await res.body.dump();
+  return res.statusCode;
+}
+
+it('500 requests in flight meet a revoked token: one token request fleet-wide, every request 200 after one replay', async () => {
+  // Both pods hold the fleet's one token.
+  for (const pod of pods) expect(await post(pod, -1)).toBe(200);
+  expect(idp.calls).toBe(1);
+  const seenBefore = vendor.requests.length;
+
+  idp.revokeAll();
+  const statuses = await Promise.all(pods.flatMap((pod) => Array.from({ length: IN_FLIGHT_PER_POD }, (_, i) => post(pod, i))));
+
+  const counts = statuses.reduce<Record<number, number>>((acc, s) => ({ ...acc, [s]: (acc[s] ?? 0) + 1 }), {});
+  expect(counts).toEqual({ 200: 2 * IN_FLIGHT_PER_POD });
+  expect(idp.calls, 'token requests: the warm one and exactly one refresh').toBe(2);
+  // Each request reached the vendor at most twice (its 401 and its one replay).
+  const atVendor = vendor.requests.length - seenBefore;
+  expect(atVendor).toBeGreaterThanOrEqual(2 * IN_FLIGHT_PER_POD);
+  expect(atVendor).toBeLessThanOrEqual(4 * IN_FLIGHT_PER_POD);
+  // The fleet says so: one 401-forced refresh, many replays, on both pods together.
+  const refreshed = pods.flatMap((p) => p.lines).filter((l) => l.includes('"event":"token.fetched"') || l.includes('"event":"token.refreshed"'));
+  expect(refreshed.length).toBeLessThanOrEqual(2);
+}, 60_000);
