@@ -88,6 +88,7 @@ export async function buildOAuth2(
     clientKey,
     assertionAudience,
     refreshToken,
+    refreshChainKey: refreshToken === undefined ? undefined : sha256Hex(JSON.stringify(['chain-v1', a.tokenUrl.href, clientId, sha256Hex(refreshToken.reveal())])).slice(0, 32),
     assertion: assertionKey === undefined || a.assertion === undefined
       ? undefined
       : { key: assertionKey, issuer: a.assertion.issuer ?? clientId, subject: a.assertion.subject, audience: a.assertion.audience ?? a.tokenUrl.href },

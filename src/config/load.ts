@@ -11,6 +11,7 @@ import { noteDigest, SecretResolver, type SecretUse } from './secrets.js';
 import { formatHostPort, isLoopbackHost, isLoopbackListenHost } from './units.js';
 import { parseYaml } from './yaml.js';
 import { buildOAuth2 } from './build-auth.js';
+import { parseSigningKey } from '../core/signing-key.js';
 
 export type { FileDigests } from './files.js';
 
@@ -137,6 +138,8 @@ function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
+const SIGNING_KEY_PATH = /^routes\[\d+\]\.auth\.(privateKey|assertion\.privateKey|dpop\.key)$/;
+
 /** Where a secret goes decides what it may contain (see SecretUse); the raw walk finds it by its path. */
 function useAt(path: string): SecretUse | undefined {
   if (/^routes\[\d+\]\.auth\.value$/.test(path)) return 'header';
@@ -162,7 +165,12 @@ async function checkRawSecrets(node: unknown, path: PropertyKey[], r: SecretReso
   const keys = Object.keys(node);
   if (keys.length === 1 && (typeof node['fromEnv'] === 'string' || typeof node['fromFile'] === 'string')) {
     const at = formatPath(path);
-    await r.get(node as SecretRef, at, { use: useAt(at) });
+    const text = await r.get(node as SecretRef, at, { use: useAt(at) });
+    // A signing key that is no key is said now too (its algorithm is checked once the schema passes).
+    if (text && SIGNING_KEY_PATH.test(at)) {
+      const parsed = parseSigningKey(text);
+      if (!parsed.ok) r.problems.push(`${at}: ${parsed.problem}`);
+    }
     return;
   }
   for (const k of keys) await checkRawSecrets(node[k], [...path, k], r);

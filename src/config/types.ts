@@ -38,6 +38,11 @@ export interface OAuth2Auth {
   assertionAudience: string;
   /** grant refresh_token: the first refresh token (the fleet keeps the newest, rotated one in the store). */
   refreshToken: Secret | undefined;
+  /**
+   * Where the newest refresh token is kept: token URL, client id and the first refresh token only, so a rotated client
+   * secret or a changed scope (a new token identity) keeps the chain instead of starting over from a used seed.
+   */
+  refreshChainKey: string | undefined;
   /** grant jwt_bearer (RFC 7523 §2.1). */
   assertion: { key: SigningKey; issuer: string; subject: string; audience: string } | undefined;
   /** grant token_exchange (RFC 8693): the subject token file, re-read at every token request. */

@@ -63,7 +63,8 @@ export function parseSigningKey(text: string, opts: { alg?: JwsAlg | undefined; 
     return { ok: false, problem: 'is not a private key (expected a PKCS#8 PEM or a private JWK)' };
   }
   const allowed = algsFor(privateKey);
-  const what = privateKey.asymmetricKeyType === 'ec' ? `an EC ${privateKey.asymmetricKeyDetails?.namedCurve ?? ''} key` : `a ${privateKey.asymmetricKeyType ?? 'unknown'} key`;
+  const type = privateKey.asymmetricKeyType ?? 'unknown';
+  const what = type === 'ec' ? `an EC ${privateKey.asymmetricKeyDetails?.namedCurve ?? ''} key` : `${/^[aeiou]/.test(type) ? 'an' : 'a'} ${type} key`;
   if (allowed.length === 0) return { ok: false, problem: `is ${what}: use RSA (2048 bits or more), EC P-256 / P-384 or Ed25519` };
   if (privateKey.asymmetricKeyType === 'rsa' && (privateKey.asymmetricKeyDetails?.modulusLength ?? 0) < 2048) {
     return { ok: false, problem: 'is an RSA key shorter than 2048 bits' };

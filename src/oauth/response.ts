@@ -84,6 +84,13 @@ export function parseTokenAnswer(res: TokenHttpResponse, ctx: ParseContext): { t
   return { token, refreshToken: typeof refresh === 'string' && ACCESS_TOKEN.test(refresh) ? refresh : undefined };
 }
 
+/** The `refresh_token` of a JSON answer, if it has a well-formed one. */
+export function refreshTokenIn(body: string): string | undefined {
+  const json = parseJson(body);
+  const value = typeof json === 'object' && json !== null ? (json as Record<string, unknown>)['refresh_token'] : undefined;
+  return typeof value === 'string' && ACCESS_TOKEN.test(value) ? value : undefined;
+}
+
 /** `data.accessToken` → body.data.accessToken, own properties only. */
 function at(body: Record<string, unknown>, path: readonly string[]): unknown {
   let node: unknown = body;
@@ -105,23 +112,30 @@ function expiresInSecondsOf(raw: unknown, shape: TokenResponseShape, requestedAt
     }
     case 'unix-seconds':
     case 'unix-milliseconds': {
-      const n = expiresInSeconds(raw);
+      const n = expiresInSeconds(raw, 16);
       if (n === undefined) return undefined;
-      const atMs = shape.expiryFormat === 'unix-seconds' ? n * 1000 : n;
-      return (atMs - requestedAtMs) / 1000;
+      return leftS((shape.expiryFormat === 'unix-seconds' ? n * 1000 : n) - requestedAtMs);
     }
     case 'date': {
-      const atMs = typeof raw === 'string' && raw.length <= 64 ? Date.parse(raw) : NaN;
-      return Number.isNaN(atMs) ? undefined : (atMs - requestedAtMs) / 1000;
+      // RFC 3339 with an explicit offset only: Date.parse alone takes "3600" (the year) and local times.
+      const atMs = typeof raw === 'string' && RFC3339.test(raw) ? Date.parse(raw) : NaN;
+      return Number.isNaN(atMs) ? undefined : leftS(atMs - requestedAtMs);
     }
   }
 }
 
+const RFC3339 = /^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$/;
+
+/** An absolute expiry as seconds left; one already past stays positive but tiny, so it is refused as expired. */
+function leftS(ms: number): number {
+  return Math.max(ms / 1000, Number.MIN_VALUE);
+}
+
 /** expires_in as seconds, if it is a positive finite number (or a string of digits, a common vendor quirk). */
-export function expiresInSeconds(raw: unknown): number | undefined {
+export function expiresInSeconds(raw: unknown, maxDigits = 12): number | undefined {
   let n: number | undefined;
   if (typeof raw === 'number') n = raw;
-  else if (typeof raw === 'string' && /^\d{1,12}$/.test(raw.trim())) n = Number(raw.trim());
+  else if (typeof raw === 'string' && raw.trim().length <= maxDigits && /^\d+$/.test(raw.trim())) n = Number(raw.trim());
   return n !== undefined && Number.isFinite(n) && n > 0 ? n : undefined;
 }
 

@@ -1,6 +1,17 @@
 import type { Stored } from '../core/errors.js';
 import type { Token } from '../core/token.js';
-import { STORED_VOID, stored, type LockHandle, type ReadOrLock, type ReadOrLockOptions, type SharedFailure, type StoreEvent, type StoreRead, type TokenStore } from './store.js';
+import {
+  STORED_VOID,
+  stored,
+  type GrantRead,
+  type LockHandle,
+  type ReadOrLock,
+  type ReadOrLockOptions,
+  type SharedFailure,
+  type StoreEvent,
+  type StoreRead,
+  type TokenStore,
+} from './store.js';
 
 /**
  * The embedded store for one pod. The token keeper already single-flights per key, so the lock is never contended
@@ -24,8 +35,8 @@ export class MemoryStore implements TokenStore {
     return stored(this.#read(key));
   }
 
-  async getGrantState(key: string): Promise<Stored<string | undefined>> {
-    return stored(this.#grants.get(key));
+  async getGrantState(key: string): Promise<Stored<GrantRead>> {
+    return stored({ value: this.#grants.get(key), unreadable: false });
   }
 
   async putGrantState(key: string, value: string): Promise<Stored<void>> {

@@ -20,6 +20,7 @@ import {
   STORED_VOID,
   stored,
   type CallOptions,
+  type GrantRead,
   type LockHandle,
   type ReadOrLock,
   type ReadOrLockOptions,
@@ -128,9 +129,11 @@ export class RedisStore implements TokenStore {
     return `${this.#prefix}{${key}}:grant`;
   }
 
-  async getGrantState(key: string): Promise<Stored<string | undefined>> {
+  async getGrantState(key: string): Promise<Stored<GrantRead>> {
     const reply = await this.#call('get_grant', () => this.#cmd.get(this.grantKey(key)));
-    return reply.ok ? stored(reply.value === null ? undefined : decodeSecret(this.grantKey(key), reply.value, this.#keyring)) : reply;
+    if (!reply.ok) return reply;
+    const value = reply.value === null ? undefined : decodeSecret(this.grantKey(key), reply.value, this.#keyring);
+    return stored({ value, unreadable: reply.value !== null && value === undefined });
   }
 
   async putGrantState(key: string, value: string, ttlMs: number): Promise<Stored<void>> {

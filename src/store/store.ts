@@ -64,6 +64,12 @@ export interface ReadOrLock extends StoreRead {
   lockHeld: boolean;
 }
 
+/** Grant state as read: `unreadable` when a value is there that this pod cannot open (another key, or plaintext with encryption on). */
+export interface GrantRead {
+  value: string | undefined;
+  unreadable: boolean;
+}
+
 export interface TokenStore {
   readonly kind: 'memory' | 'redis';
   /** The shared token for `key`; undefined on a miss or an unreadable value. */
@@ -92,7 +98,7 @@ export interface TokenStore {
    * Grant state the fleet shares (the newest refresh token of a rotating grant), sealed like a token. Read and written
    * by the lock holder only; undefined when absent or unreadable here.
    */
-  getGrantState(key: string): Promise<Stored<string | undefined>>;
+  getGrantState(key: string): Promise<Stored<GrantRead>>;
   putGrantState(key: string, value: string, ttlMs: number): Promise<Stored<void>>;
   /** Events published by other pods (and this one). */
   onEvent(listener: (event: StoreEvent) => void): void;

@@ -239,9 +239,9 @@ export class Keeper {
     const { nowMs, audit } = this.deps;
     const startedMs = nowMs();
     try {
-      const chain = this.#auth.grant === 'refresh_token' ? await (this.#chain ??= new RefreshChain(this.deps.store, this.key, (o) => this.deps.trouble.report(o))).input(this.#auth) : undefined;
-      const token = await this.deps.fetcher.fetchToken(route, this.#auth, chain?.grant);
-      await chain?.saved();
+      const chain = this.#auth.grant === 'refresh_token' ? await (this.#chain ??= new RefreshChain(this.deps.store, (o) => this.deps.trouble.report(o))).input(route, this.#auth) : undefined;
+      // A rotated refresh token is kept even when its answer is refused (the old one is spent either way).
+      const token = await this.deps.fetcher.fetchToken(route, this.#auth, chain?.grant).finally(() => chain?.saved());
       const durationMs = nowMs() - startedMs;
       audit.fetchSucceeded(route, token, durationMs);
       return { ok: true, token, durationMs };

@@ -5,7 +5,7 @@
  * and just after its token request. This pod also keeps the newest it saw, for when the store cannot answer.
  */
 import type { OAuth2Auth } from '../config/types.js';
-import type { StoreOutage } from '../core/errors.js';
+import { TokenEndpointError, type StoreOutage } from '../core/errors.js';
 import type { GrantInput } from '../oauth/client.js';
 import type { TokenStore } from '../store/store.js';
 
@@ -18,18 +18,29 @@ export class RefreshChain {
 
   constructor(
     private readonly store: TokenStore,
-    private readonly key: string,
     private readonly outage: (outage: StoreOutage) => void,
   ) {}
 
-  /** The grant input for the next request: the fleet's newest refresh token, and where the rotated one goes. */
-  async input(auth: OAuth2Auth): Promise<{ grant: GrantInput; saved: () => Promise<void> }> {
+  /**
+   * The grant input for the next request: the fleet's newest refresh token, and where the rotated one goes. Throws
+   * (TOKEN_UNAVAILABLE) rather than send the first refresh token when the store holds a newer one this pod cannot
+   * read: a vendor that rotates takes an old one as a replay and may revoke the grant for the whole fleet.
+   */
+  async input(route: string, auth: OAuth2Auth): Promise<{ grant: GrantInput; saved: () => Promise<void> }> {
     const seed = auth.refreshToken?.reveal() ?? '';
-    const read = await this.store.getGrantState(this.key);
+    const key = auth.refreshChainKey ?? '';
+    const read = await this.store.getGrantState(key);
     if (!read.ok) this.outage(read.outage);
-    const shared = read.ok ? read.value : undefined;
+    const shared = read.ok ? read.value : { value: undefined, unreadable: false };
     const local = this.#newest?.seed === seed ? this.#newest.value : undefined;
-    const refreshToken = shared ?? local ?? seed;
+    if (shared.unreadable && local === undefined) {
+      throw new TokenEndpointError(
+        'unavailable',
+        'the fleet\'s newest refresh token is in the store but cannot be read here (sealed with an encryption key this pod lacks, or written before store.encryption was on); the first refresh token is not sent again: roll the key out, or put a new refresh token in auth.refreshToken',
+        { route },
+      );
+    }
+    const refreshToken = shared.value ?? local ?? seed;
     let rotated: string | undefined;
     return {
       grant: {
@@ -42,7 +53,7 @@ export class RefreshChain {
       saved: async () => {
         if (rotated === undefined) return;
         this.#newest = { seed, value: rotated };
-        const put = await this.store.putGrantState(this.key, rotated, REFRESH_TOKEN_TTL_MS);
+        const put = await this.store.putGrantState(key, rotated, REFRESH_TOKEN_TTL_MS);
         if (!put.ok) this.outage(put.outage);
       },
     };
