@@ -28,7 +28,7 @@ export async function buildOAuth2(
     }
     return parsed.key;
   };
-  const [clientId, clientSecret, tls, clientKey, refreshToken, assertionKey, dpopKey] = await Promise.all([
+  const [clientId, clientSecret, tls, clientKey, refreshToken, assertionKey, dpopKey, subjectToken] = await Promise.all([
     r.get(a.clientId, at('clientId'), { literalWarning: false, use: 'credential' }),
     a.clientSecret === undefined ? undefined : r.secret(a.clientSecret, at('clientSecret'), true, 'credential'),
     r.tls(a.tls, at('tls')),
@@ -36,7 +36,7 @@ export async function buildOAuth2(
     a.refreshToken === undefined ? undefined : r.secret(a.refreshToken, at('refreshToken'), true, 'credential'),
     key(a.assertion?.privateKey, at('assertion.privateKey'), a.assertion?.signingAlg, a.assertion?.keyId),
     key(a.dpop?.key, at('dpop.key'), a.dpop?.alg, undefined),
-    // Checked now (it must exist and be readable); its content is read again at every token request.
+    // Read now (it must exist and be readable, and it names whom the token is for); read again at every token request.
     a.subjectToken === undefined ? undefined : r.get(a.subjectToken, at('subjectToken'), { use: 'credential' }),
   ]);
   const certificateThumbprintValue = tls?.cert === undefined ? undefined : certificateThumbprint(tls.cert);
@@ -67,7 +67,8 @@ export async function buildOAuth2(
     params: a.params,
     // What else decides which token the endpoint issues, or whether the fleet may share it: the signing keys (a
     // rotated key starts a new token), the client certificate and the DPoP key (a bound token is only usable with
-    // them), the first refresh token and the assertion's claims. The subject token is not: it rotates on its own.
+    // them), the first refresh token, the assertion's claims, and whom a subject token speaks for (pods of another
+    // service account must never share its exchanged token; a rotated token of the same subject keeps it).
     bindings: {
       clientKey: clientKey?.thumbprint,
       assertionAudience: a.clientAuth === 'private_key_jwt' ? assertionAudience : undefined,
@@ -76,6 +77,7 @@ export async function buildOAuth2(
       refreshToken: refreshToken === undefined ? undefined : sha256Hex(refreshToken.reveal()),
       assertion: assertionKey === undefined || a.assertion === undefined ? undefined : JSON.stringify([assertionKey.thumbprint, a.assertion.issuer ?? clientId, a.assertion.subject, a.assertion.audience ?? a.tokenUrl.href]),
       subjectTokenType: a.subjectToken === undefined ? undefined : JSON.stringify([a.subjectTokenType, a.requestedTokenType ?? null]),
+      subject: subjectToken ? subjectOf(subjectToken) : undefined,
     },
   };
   const auth: OAuth2Auth = {
@@ -117,3 +119,21 @@ function absolute(r: SecretResolver, file: string): string {
   return isAbsolute(file) ? file : resolve(r.baseDir, file);
 }
 
+
+/**
+ * Whom a subject token speaks for: a JWT's `iss` and `sub` (a projected service-account token's
+ * `system:serviceaccount:NS:NAME`, stable across rotations), else the hash of the whole token. Not verified: the
+ * token endpoint does that; this only keeps tokens of different subjects apart.
+ */
+function subjectOf(token: string): string {
+  const payload = token.split('.')[1];
+  if (payload !== undefined && token.split('.').length === 3) {
+    try {
+      const claims = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as Record<string, unknown>;
+      if (typeof claims['sub'] === 'string') return sha256Hex(JSON.stringify(['jwt', claims['iss'] ?? null, claims['sub']]));
+    } catch {
+      // not a JWT: the whole token names it
+    }
+  }
+  return sha256Hex(JSON.stringify(['opaque', token]));
+}

@@ -13,8 +13,11 @@ import type { TokenStore } from '../store/store.js';
 const REFRESH_TOKEN_TTL_MS = 30 * 86_400_000;
 
 export class RefreshChain {
-  /** The newest refresh token this pod knows, with the seed it grew from (a new seed in the config starts over). */
-  #newest: { seed: string; value: string } | undefined;
+  /**
+   * The newest refresh token this pod knows, with the seed it grew from (a new seed in the config starts over), and
+   * whether the store has it: one rotated while the store could not take it is newer than what the store holds.
+   */
+  #newest: { seed: string; value: string; saved: boolean } | undefined;
 
   constructor(
     private readonly store: TokenStore,
@@ -32,7 +35,8 @@ export class RefreshChain {
     const read = await this.store.getGrantState(key);
     if (!read.ok) this.outage(read.outage);
     const shared = read.ok ? read.value : { value: undefined, unreadable: false };
-    const local = this.#newest?.seed === seed ? this.#newest.value : undefined;
+    const mine = this.#newest?.seed === seed ? this.#newest : undefined;
+    const local = mine?.value;
     if (shared.unreadable && local === undefined) {
       throw new TokenEndpointError(
         'unavailable',
@@ -40,7 +44,8 @@ export class RefreshChain {
         { route },
       );
     }
-    const refreshToken = shared.value ?? local ?? seed;
+    // Ours first when the store never got it (an outage): the store's is then the one we already used.
+    const refreshToken = (mine && !mine.saved ? local : undefined) ?? shared.value ?? local ?? seed;
     let rotated: string | undefined;
     return {
       grant: {
@@ -51,10 +56,12 @@ export class RefreshChain {
       },
       // Written before the new access token is shared and the lock let go: the next holder must find it.
       saved: async () => {
-        if (rotated === undefined) return;
-        this.#newest = { seed, value: rotated };
-        const put = await this.store.putGrantState(key, rotated, REFRESH_TOKEN_TTL_MS);
-        if (!put.ok) this.outage(put.outage);
+        const value = rotated ?? (mine && !mine.saved && mine.value === refreshToken ? refreshToken : undefined);
+        if (value === undefined) return;
+        this.#newest = { seed, value, saved: false };
+        const put = await this.store.putGrantState(key, value, REFRESH_TOKEN_TTL_MS);
+        if (put.ok) this.#newest = { seed, value, saved: true };
+        else this.outage(put.outage);
       },
     };
   }
