@@ -215,7 +215,19 @@ routes:
     expect(idp.calls).toBe(1);
     const token = idp.issued[0] ?? '';
     const meta = JSON.parse(stdout) as Record<string, unknown>;
-    expect(meta).toMatchObject({ route: 'pix', source: 'fetched', fingerprint: fingerprintOf(token), lifetimeSource: 'expires_in', scope: 'cob.read' });
+    expect(meta).toMatchObject({
+      route: 'pix',
+      source: 'fetched',
+      fingerprint: fingerprintOf(token),
+      lifetimeSource: 'expires_in',
+      scope: 'cob.read',
+      tokenType: 'Bearer',
+      grant: 'client_credentials',
+      clientAuth: 'client_secret_basic',
+      clientAssertion: null,
+      certificateThumbprint: null,
+      dpop: null,
+    });
     expect(meta['expiresInS']).toBeGreaterThan(3_500);
     expect(`${stdout}${stderr}`).not.toContain(token);
     expect(`${stdout}${stderr}`).not.toContain(SECRET);
