@@ -4,12 +4,14 @@
  * (a POST with a small body) ends 200 after its one replay.
  */
 import { randomBytes } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
 import { Agent, request } from 'undici';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { startEchoVendor, type EchoVendor } from '../../src/dev/echo-vendor.js';
 import { startFakeIdp, type FakeIdp } from '../../src/dev/fake-idp.js';
 import { startRedis, type RedisServer } from '../helpers/redis.js';
 import { startSidecarProcess, writeConfig, type SidecarProcess } from '../helpers/sidecar-process.js';
+import { waitUntil } from '../helpers/wait.js';
 
 const IN_FLIGHT_PER_POD = 250;
 let idp: FakeIdp;
@@ -41,8 +43,14 @@ routes:
 }, 60_000);
 
 afterAll(async () => {
-  await Promise.all([...pods.map((p) => p.kill('SIGKILL')), idp?.close(), vendor?.close(), redis?.stop(), agent.close()]);
+  await Promise.all([...pods.map((p) => p.kill('SIGKILL')), idp?.close(), vendor?.close(), redis?.stop(), agent.close().catch(() => undefined)]);
 });
+
+/** Resident memory (MB) and open file descriptors of a pod's process, from /proc. */
+function resources(pod: SidecarProcess): { rssMb: number; fds: number } {
+  const rssKb = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pod.pid}/status`, 'utf8'))?.[1] ?? NaN);
+  return { rssMb: Math.round(rssKb / 1024), fds: readdirSync(`/proc/${pod.pid}/fd`).length };
+}
 
 async function post(pod: SidecarProcess, i: number): Promise<number> {
   const res = await request(`${pod.proxyUrl}/pix/payments`, {
@@ -60,6 +68,7 @@ it('500 requests in flight meet a revoked token: one token request fleet-wide, e
   for (const pod of pods) expect(await post(pod, -1)).toBe(200);
   expect(idp.calls).toBe(1);
   const seenBefore = vendor.requests.length;
+  const before = pods.map(resources);
 
   idp.revokeAll();
   const statuses = await Promise.all(pods.flatMap((pod) => Array.from({ length: IN_FLIGHT_PER_POD }, (_, i) => post(pod, i))));
@@ -74,4 +83,21 @@ it('500 requests in flight meet a revoked token: one token request fleet-wide, e
   // The fleet says so: one 401-forced refresh, many replays, on both pods together.
   const refreshed = pods.flatMap((p) => p.lines).filter((l) => l.includes('"event":"token.fetched"') || l.includes('"event":"token.refreshed"'));
   expect(refreshed.length).toBeLessThanOrEqual(2);
+
+  // Resources: right after, each pod holds the storm's sockets (app side and its upstream keep-alive pool); once the
+  // app's connections close and the vendor's keep-alive (Node's 5 s) ends, descriptors are back where they were.
+  const peak = pods.map(resources);
+  await agent.close();
+  const stormEndMs = Date.now();
+  const after = await waitUntil(
+    () => {
+      const now = pods.map(resources);
+      return now.every((a, i) => a.fds <= (before[i]?.fds ?? 0) + 10) ? now : undefined;
+    },
+    15_000,
+    100,
+    'descriptors back to where they were',
+  );
+  console.log(`401 storm: ${atVendor} vendor requests for ${2 * IN_FLIGHT_PER_POD}; per pod before ${JSON.stringify(before)}, at the end ${JSON.stringify(peak)}, ${Date.now() - stormEndMs} ms later ${JSON.stringify(after)}`);
+  after.forEach((a, i) => expect(a.rssMb).toBeLessThan((before[i]?.rssMb ?? 0) + 64));
 }, 60_000);
