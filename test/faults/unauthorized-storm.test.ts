@@ -4,10 +4,11 @@
  * (a POST with a small body) ends 200 after its one replay.
  */
 import { randomBytes } from 'node:crypto';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { readdirSync, readFileSync } from 'node:fs';
 import { Agent, request } from 'undici';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { startEchoVendor, type EchoVendor } from '../../src/dev/echo-vendor.js';
 import { startFakeIdp, type FakeIdp } from '../../src/dev/fake-idp.js';
 import { startRedis, type RedisServer } from '../helpers/redis.js';
 import { startSidecarProcess, writeConfig, type SidecarProcess } from '../helpers/sidecar-process.js';
@@ -15,7 +16,53 @@ import { waitUntil } from '../helpers/wait.js';
 
 const IN_FLIGHT_PER_POD = 250;
 let idp: FakeIdp;
-let vendor: EchoVendor;
+/**
+ * A vendor that holds the storm at a barrier: requests with the fleet's current token wait until all of them have
+ * arrived, then the token is revoked and every one of them is answered 401 at once; any later request is answered by
+ * the token's validity. So all 500 are in flight when their token dies.
+ */
+interface StormVendor {
+  url: string;
+  requests: number;
+  /** Arm the barrier for `n` requests; resolves once they were all refused. */
+  arm(n: number, onFull: () => void): Promise<void>;
+  close(): Promise<void>;
+}
+
+async function startStormVendor(isValid: (token: string) => boolean): Promise<StormVendor> {
+  let barrier: { n: number; held: ServerResponse[]; onFull: () => void; done: () => void } | undefined;
+  const answer = (res: ServerResponse, ok: boolean) => {
+    res.writeHead(ok ? 200 : 401, { 'content-type': 'application/json', ...(ok ? {} : { 'www-authenticate': 'Bearer error="invalid_token"' }) });
+    res.end(JSON.stringify({ ok }));
+  };
+  const v = {
+    url: '',
+    requests: 0,
+    arm: (n: number, onFull: () => void) => new Promise<void>((done) => (barrier = { n, held: [], onFull, done })),
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+  const server = createServer((req: IncomingMessage, res: ServerResponse) => {
+    v.requests++;
+    req.resume();
+    req.on('end', () => {
+      const token = /^Bearer (\S+)$/.exec(req.headers.authorization ?? '')?.[1] ?? '';
+      const b = barrier;
+      if (!b || !isValid(token)) return answer(res, isValid(token));
+      b.held.push(res);
+      if (b.held.length < b.n) return;
+      barrier = undefined;
+      b.onFull();
+      for (const r of b.held) answer(r, false);
+      b.done();
+    });
+  });
+  server.keepAliveTimeout = 5_000;
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+  v.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  return v;
+}
+
+let vendor: StormVendor;
 let redis: RedisServer;
 const pods: SidecarProcess[] = [];
 const agent = new Agent({ connections: IN_FLIGHT_PER_POD + 10, keepAliveTimeout: 10_000 });
@@ -23,10 +70,9 @@ const agent = new Agent({ connections: IN_FLIGHT_PER_POD + 10, keepAliveTimeout:
 beforeAll(async () => {
   [idp, vendor, redis] = await Promise.all([
     startFakeIdp({ clients: { storm: 'storm-secret-1234' }, defaultExpiresInS: 600 }),
-    startEchoVendor(),
+    startStormVendor((t) => idp.isValid(t)),
     startRedis(),
   ]);
-  vendor.acceptToken = (t) => idp.isValid(t);
   const file = await writeConfig(`version: 1
 listen: 127.0.0.1:0
 admin: 127.0.0.1:0
@@ -67,19 +113,20 @@ it('500 requests in flight meet a revoked token: one token request fleet-wide, e
   // Both pods hold the fleet's one token.
   for (const pod of pods) expect(await post(pod, -1)).toBe(200);
   expect(idp.calls).toBe(1);
-  const seenBefore = vendor.requests.length;
+  const seenBefore = vendor.requests;
   const before = pods.map(resources);
 
-  idp.revokeAll();
+  // Every request reaches the vendor with the old token before it is revoked, then all are refused together.
+  const refused = vendor.arm(2 * IN_FLIGHT_PER_POD, () => idp.revokeAll());
   const statuses = await Promise.all(pods.flatMap((pod) => Array.from({ length: IN_FLIGHT_PER_POD }, (_, i) => post(pod, i))));
+  await refused;
 
   const counts = statuses.reduce<Record<number, number>>((acc, s) => ({ ...acc, [s]: (acc[s] ?? 0) + 1 }), {});
   expect(counts).toEqual({ 200: 2 * IN_FLIGHT_PER_POD });
   expect(idp.calls, 'token requests: the warm one and exactly one refresh').toBe(2);
-  // Each request reached the vendor at most twice (its 401 and its one replay).
-  const atVendor = vendor.requests.length - seenBefore;
-  expect(atVendor).toBeGreaterThanOrEqual(2 * IN_FLIGHT_PER_POD);
-  expect(atVendor).toBeLessThanOrEqual(4 * IN_FLIGHT_PER_POD);
+  // Each request reached the vendor exactly twice: its 401 and its one replay.
+  const atVendor = vendor.requests - seenBefore;
+  expect(atVendor).toBe(4 * IN_FLIGHT_PER_POD);
   // The fleet says so: one 401-forced refresh, many replays, on both pods together.
   const refreshed = pods.flatMap((p) => p.lines).filter((l) => l.includes('"event":"token.fetched"') || l.includes('"event":"token.refreshed"'));
   expect(refreshed.length).toBeLessThanOrEqual(2);
