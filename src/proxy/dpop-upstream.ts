@@ -4,23 +4,24 @@
  */
 import type { Route } from '../config/types.js';
 import type { Token } from '../core/token.js';
-import { asksForNonce, dpopProof, NonceBook } from '../oauth/dpop.js';
+import { accessTokenHash, asksForNonce, dpopProof, NonceBook } from '../oauth/dpop.js';
 
 export class UpstreamDpop {
   readonly #nonces = new NonceBook();
+  /** `ath` per token: the same token goes with many proofs. */
+  readonly #ath = new WeakMap<Token, string>();
 
   constructor(private readonly nowMs: () => number = Date.now) {}
 
   /** `['dpop', proof]` for a request with `token`, or undefined when the token is not DPoP-bound. */
   proofHeader(route: Route, token: Token | undefined, method: string, path: string): [string, string] | undefined {
     if (token?.tokenType !== 'DPoP' || route.auth.type !== 'oauth2' || !route.auth.dpop) return undefined;
-    const proof = dpopProof(route.auth.dpop.key, {
-      method,
-      url: route.upstreamOrigin + path,
-      nowMs: this.nowMs(),
-      nonce: this.#nonces.get(route.upstreamOrigin),
-      accessToken: token.value.reveal(),
-    });
+    let ath = this.#ath.get(token);
+    if (ath === undefined) {
+      ath = accessTokenHash(token.value.reveal());
+      this.#ath.set(token, ath);
+    }
+    const proof = dpopProof(route.auth.dpop.key, { method, url: route.upstreamOrigin + path, nowMs: this.nowMs(), nonce: this.#nonces.get(route.upstreamOrigin), ath });
     return ['dpop', proof];
   }
 
