@@ -3,7 +3,10 @@
  * receives with jose (test/helpers/vendor.ts): private_key_jwt with both audience styles, DPoP-bound tokens with
  * server nonces on both sides, and tls_client_auth with a certificate-bound token behind TLS.
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { createPublicKey, X509Certificate } from 'node:crypto';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { promisify } from 'node:util';
 import os from 'node:os';
 import path from 'node:path';
 import { calculateJwkThumbprint } from 'jose';
@@ -257,5 +260,38 @@ describe('tls_client_auth with a certificate-bound token, behind TLS (RFC 8705)'
     expect(s.warnings.some((w) => w.startsWith('routes[0]'))).toBe(false);
     const oauth = ((await call(`${s.admin}/v1/routes`)).body['routes'] as Json[])[0]?.['oauth'] as Json;
     expect(oauth['certificateThumbprint']).toMatch(/^[A-Za-z0-9_-]{43}$/);
+  });
+});
+
+describe('self_signed_tls_client_auth (RFC 8705 §2.2): a self-signed certificate registered by its key', () => {
+  it('the token endpoint knows the client by the x5c in its JWKS; the token is bound to that certificate', async () => {
+    const certs = await makeCerts();
+    const cert = path.join(dir, 'self.crt');
+    const key = path.join(dir, 'self.key');
+    await promisify(execFile)('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=self-signed-client']);
+    const pem = await readFile(cert, 'utf8');
+    const x509 = new X509Certificate(pem);
+    const jwk = { ...(createPublicKey(pem).export({ format: 'jwk' }) as Record<string, string>), x5c: [x509.raw.toString('base64')] };
+    const op = await startOidcProvider({
+      tls: { cert: certs.cert, key: certs.key, ca: certs.ca },
+      clients: [{ clientId: 'self-client', method: 'self_signed_tls_client_auth', jwks: { keys: [jwk] }, certificateBound: true }],
+    });
+    const vendor = await startVendor({ issuer: op.issuer, jwks: op.jwks, audience: RESOURCE, tls: { cert: certs.cert, key: certs.key, ca: certs.ca } });
+    running.push(op, vendor);
+    const tls = { cert: { fromFile: cert }, key: { fromFile: key }, ca: { fromFile: certs.caFile } };
+    const s = await startSidecar([
+      {
+        name: 'self',
+        match: { pathPrefix: '/self' },
+        upstream: `${vendor.url}/v2`,
+        upstreamTls: tls,
+        auth: { type: 'oauth2', tokenUrl: op.tokenUrl, clientId: 'self-client', clientAuth: 'self_signed_tls_client_auth', tls, resource: RESOURCE },
+      },
+    ]);
+    const res = await call(`${s.proxy}/self/cob/1`);
+    expect(res.status, JSON.stringify(res.body)).toBe(200);
+    expect(res.body).toMatchObject({ ok: true, bound: 'x5t', client_id: 'self-client' });
+    expect(op.requests.map((r) => [r.status, r.authMethod, r.hadClientCert])).toEqual([[200, 'self_signed_tls_client_auth', true]]);
+    expect(s.warnings).toEqual([]);
   });
 });
