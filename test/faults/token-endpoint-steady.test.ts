@@ -9,6 +9,8 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import type { IdpBehavior } from '../../src/dev/fake-idp.js';
 import { CLIENT_ID, SECRET, startStack, type Stack } from '../security/stack.js';
 
+/** `npm run test:soak` (SOAK=1): the same run ten times over. */
+const ROUNDS = process.env['SOAK'] === '1' ? 10 : 1;
 const LIFETIME_S = 3;
 const LIFETIME_MS = LIFETIME_S * 1000;
 /** Phases of the run, in lifetimes: a normal stretch, then a fault for half a lifetime. */
@@ -43,7 +45,7 @@ afterAll(async () => {
   await Promise.all([stack?.close(), agent.close()]);
 });
 
-it(`${FAULTS.length} faults of half a lifetime each over 10 lifetimes of steady load: no failure while a token is valid`, async () => {
+it(`${FAULTS.length} faults of half a lifetime each over ${10 * ROUNDS} lifetimes of steady load: no failure while a token is valid`, async () => {
   const startedMs = Date.now();
   // When each token was first seen issued (a lower bound on when the sidecar can serve it until).
   const firstSeenMs = new Map<string, number>();
@@ -66,14 +68,16 @@ it(`${FAULTS.length} faults of half a lifetime each over 10 lifetimes of steady 
   };
   const clients = Array.from({ length: 4 }, client);
 
-  await sleep(2 * LIFETIME_MS);
-  for (const fault of FAULTS) {
-    await sleep(LIFETIME_MS);
-    stack.idp.setBehavior(fault.behavior);
-    await sleep(LIFETIME_MS / 2);
-    stack.idp.setBehavior(NORMAL);
+  for (let round = 0; round < ROUNDS; round++) {
+    await sleep(2 * LIFETIME_MS);
+    for (const fault of FAULTS) {
+      await sleep(LIFETIME_MS);
+      stack.idp.setBehavior(fault.behavior);
+      await sleep(LIFETIME_MS / 2);
+      stack.idp.setBehavior(NORMAL);
+    }
+    await sleep(2 * LIFETIME_MS);
   }
-  await sleep(2 * LIFETIME_MS);
   running = false;
   await Promise.all([...clients, watcher]);
   const elapsedS = (Date.now() - startedMs) / 1000;
@@ -96,4 +100,4 @@ it(`${FAULTS.length} faults of half a lifetime each over 10 lifetimes of steady 
   console.log(
     `steady faults: ${results.length} requests in ${elapsedS.toFixed(1)} s, ${failures.length} failed (all after every token had lapsed), ${calls.length} token calls, shortest gap ${Math.min(...gaps)} ms, ${firstSeenMs.size} tokens`,
   );
-}, 60_000);
+}, 60_000 * ROUNDS);
