@@ -4,7 +4,7 @@
  * building a state and asking.
  */
 import { TokenEndpointError, type TokenErrorKind } from '../core/errors.js';
-import { isDueForRefresh, isUsable, jitteredRefreshAtMs, type Token } from '../core/token.js';
+import { expirySkewMs, isDueForRefresh, isUsable, jitteredRefreshAtMs, type Token } from '../core/token.js';
 
 export type TokenSource = 'memory' | 'store' | 'fetched';
 
@@ -60,6 +60,8 @@ export const REJECTED_CACHE_MS = 30_000;
 export const UNAUTHORIZED_REFRESH_INTERVAL_MS = 5_000;
 const BACKOFF_BASE_MS = 1_000;
 const BACKOFF_MAX_MS = 30_000;
+/** The shortest backoff while a token is still served (see failed). */
+const MIN_RETRY_MS = 500;
 
 export function usableToken(s: KeptState, nowMs: number): Token | undefined {
   const token = s.token;
@@ -132,10 +134,16 @@ export function install(s: KeptState, token: Token, source: 'store' | 'fetched',
 /** A token request of ours failed: keep the token (if still valid), count the failure, back off. */
 export function failed(s: KeptState, err: TokenEndpointError, nowMs: number, random: () => number): { state: KeptState; backoffMs: number } {
   const failures = s.failures + 1;
-  const backoffMs =
+  let backoffMs =
     err.kind === 'rejected'
       ? REJECTED_CACHE_MS
       : err.retryAfterMs ?? Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** (failures - 1)) * (0.5 + 0.5 * random());
+  // While the token is still served, our own backoff (not the server's Retry-After, not a refusal) ends before it
+  // stops being served: half the time left, at least MIN_RETRY_MS, so an outage shorter than that costs no request.
+  const token = usableToken(s, nowMs);
+  if (token && err.kind === 'unavailable' && err.retryAfterMs === undefined) {
+    backoffMs = Math.min(backoffMs, Math.max(MIN_RETRY_MS, (token.expiresAtMs - expirySkewMs(token) - nowMs) / 2));
+  }
   return { state: { ...s, failures, failure: { kind: err.kind, message: err.message, atMs: nowMs, untilMs: nowMs + backoffMs } }, backoffMs };
 }
 

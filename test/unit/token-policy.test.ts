@@ -83,6 +83,23 @@ describe('failures and backoff', () => {
     expect(failed(EMPTY_STATE, refused, T0, noJitter).backoffMs).toBe(REJECTED_CACHE_MS);
   });
 
+  it('while a token is still served, our backoff ends before it stops being served (half the time left, at least 500 ms); Retry-After and refusals are kept', () => {
+    const t = token();
+    let s = holding(t);
+    const servedUntilMs = t.expiresAtMs - 5_000;
+    const nowMs = servedUntilMs - 6_000; // 6 s left: backoffs of 4 s and 8 s are cut to 3 s, then to what is left / 2
+    const delays: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      const r = failed(s, unavailable(), nowMs, noJitter);
+      delays.push(r.backoffMs);
+      s = r.state;
+    }
+    expect(delays).toEqual([500, 1_000, 2_000, 3_000, 3_000]);
+    expect(failed(holding(t), unavailable(), servedUntilMs - 400, noJitter).backoffMs).toBe(500);
+    expect(failed(s, unavailable(9_000), nowMs, noJitter).backoffMs).toBe(9_000);
+    expect(failed(s, new TokenEndpointError('rejected', 'refused: invalid_client'), nowMs, noJitter).backoffMs).toBe(REJECTED_CACHE_MS);
+  });
+
   it('while backing off, requests get the error with the time left; a refusal keeps its own text', () => {
     const s = failed(EMPTY_STATE, unavailable(7_000), T0, noJitter).state;
     const err = backoffError(s, T0 + 2_500);
