@@ -6,7 +6,7 @@ import { createServer, type IncomingMessage, type Server, type ServerOptions } f
 import type { Duplex } from 'node:stream';
 import type { AddressInfo } from 'node:net';
 import { Pool } from 'undici';
-import type { Config } from './config/types.js';
+import type { Config, ListenerLimitsConfig } from './config/types.js';
 import type { Logger } from './log.js';
 import { SidecarError } from './core/errors.js';
 import type { TokenFetcher } from './oauth/client.js';
@@ -21,59 +21,19 @@ import { answerClientError, sendErrorOnSocket } from './http/problem.js';
 import { createAdminServer, type Readiness } from './admin/server.js';
 import { adminApi } from './admin/api.js';
 import { Metrics } from './admin/metrics.js';
-import {
-  ADMIN_HEADERS_TIMEOUT_MS,
-  ADMIN_KEEP_ALIVE_TIMEOUT_MS,
-  ADMIN_MAX_CONNECTIONS,
-  ADMIN_REQUEST_TIMEOUT_MS,
-  PROXY_HEADERS_TIMEOUT_MS,
-  PROXY_KEEP_ALIVE_TIMEOUT_MS,
-  PROXY_MAX_CONNECTIONS,
-  PROXY_REQUEST_TIMEOUT_MS,
-} from './config/limits.js';
 
 /** Longest a start waits for the shared store before listening anyway. */
 export const STORE_START_WAIT_MS = 1_000;
 
-export {
-  ADMIN_HEADERS_TIMEOUT_MS,
-  ADMIN_KEEP_ALIVE_TIMEOUT_MS,
-  ADMIN_MAX_CONNECTIONS,
-  ADMIN_REQUEST_TIMEOUT_MS,
-  PROXY_HEADERS_TIMEOUT_MS,
-  PROXY_KEEP_ALIVE_TIMEOUT_MS,
-  PROXY_MAX_CONNECTIONS,
-  PROXY_REQUEST_TIMEOUT_MS,
-} from './config/limits.js';
 /** How often Node looks for requests past headersTimeout/requestTimeout: they are enforced to within this (Node's default is 30 s). */
 export const TIMEOUT_CHECK_INTERVAL_MS = 1_000;
 /** At most one `connections.dropped` warning per listener per this long (the count says how many). */
 export const DROPPED_LOG_INTERVAL_MS = 10_000;
 
-/** One listener's settings; `Sidecar.start` takes overrides (tests use small ones). */
-export interface ListenerLimits {
-  headersTimeoutMs: number;
-  requestTimeoutMs: number;
-  keepAliveTimeoutMs: number;
-  maxConnections: number;
+/** One listener's settings: the config's, and how often timeouts are checked. `Sidecar.start` takes overrides (tests use small ones). */
+export interface ListenerLimits extends ListenerLimitsConfig {
   timeoutCheckIntervalMs: number;
 }
-
-export const PROXY_LIMITS: Readonly<ListenerLimits> = {
-  headersTimeoutMs: PROXY_HEADERS_TIMEOUT_MS,
-  requestTimeoutMs: PROXY_REQUEST_TIMEOUT_MS,
-  keepAliveTimeoutMs: PROXY_KEEP_ALIVE_TIMEOUT_MS,
-  maxConnections: PROXY_MAX_CONNECTIONS,
-  timeoutCheckIntervalMs: TIMEOUT_CHECK_INTERVAL_MS,
-};
-
-export const ADMIN_LIMITS: Readonly<ListenerLimits> = {
-  headersTimeoutMs: ADMIN_HEADERS_TIMEOUT_MS,
-  requestTimeoutMs: ADMIN_REQUEST_TIMEOUT_MS,
-  keepAliveTimeoutMs: ADMIN_KEEP_ALIVE_TIMEOUT_MS,
-  maxConnections: ADMIN_MAX_CONNECTIONS,
-  timeoutCheckIntervalMs: TIMEOUT_CHECK_INTERVAL_MS,
-};
 
 const TUNNEL_ALLOW = 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS';
 
@@ -84,7 +44,7 @@ export interface SidecarOptions {
   accessLog?: AccessLog;
   store?: TokenStore;
   fetcher?: TokenFetcher;
-  /** Overrides of the listener limits (for tests; production runs on PROXY_LIMITS and ADMIN_LIMITS). */
+  /** Overrides of the listener limits (for tests; production runs on `config.limits`). */
   limits?: { proxy?: Partial<ListenerLimits>; admin?: Partial<ListenerLimits> };
 }
 
@@ -133,8 +93,9 @@ export class Sidecar {
     const { manager } = keeping;
     const forwarder = new Forwarder();
     const handler = new ProxyHandler({ manager, forwarder, log, ...(opts.accessLog ? { accessLog: opts.accessLog } : {}), observer: metrics.requests }, { table: buildRouteTable(config.routes) });
-    const proxyLimits = { ...PROXY_LIMITS, ...config.limits.app, ...opts.limits?.proxy };
-    const adminLimits = { ...ADMIN_LIMITS, ...config.limits.admin, ...opts.limits?.admin };
+    const checked = { timeoutCheckIntervalMs: TIMEOUT_CHECK_INTERVAL_MS };
+    const proxyLimits = { ...checked, ...config.limits.app, ...opts.limits?.proxy };
+    const adminLimits = { ...checked, ...config.limits.admin, ...opts.limits?.admin };
     const proxyServer = createServer(serverOptions(proxyLimits), handler.handle);
     // RFC 9110 §10.1.1: a client that sent `Expect: 100-continue` waits before sending its body; the exchange sends
     // 100 only once it will read the body, so an unmatched or refused request is answered without the upload.

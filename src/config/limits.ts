@@ -1,6 +1,7 @@
 /**
  * Default listener limits (`limits.app`, `limits.admin` in routes.yaml; docs/operations.md, "Limits").
  */
+import type { ListenerLimitsConfig } from './types.js';
 // Node's defaults (60 s for headers, checked only every 30 s; 300 s
 // for a request; no cap on connections) let slow or idle clients hold sockets and memory for minutes.
 
@@ -32,7 +33,16 @@ export const ADMIN_KEEP_ALIVE_TIMEOUT_MS = 5_000;
 /** The admin listener faces the pod network: kubelet probes, a scraper and operators need a handful, not hundreds. */
 export const ADMIN_MAX_CONNECTIONS = 64;
 
-export const LIMIT_DEFAULTS = {
-  app: { headers: PROXY_HEADERS_TIMEOUT_MS, request: PROXY_REQUEST_TIMEOUT_MS, keepAlive: PROXY_KEEP_ALIVE_TIMEOUT_MS, maxConnections: PROXY_MAX_CONNECTIONS },
-  admin: { headers: ADMIN_HEADERS_TIMEOUT_MS, request: ADMIN_REQUEST_TIMEOUT_MS, keepAlive: ADMIN_KEEP_ALIVE_TIMEOUT_MS, maxConnections: ADMIN_MAX_CONNECTIONS },
-} as const;
+/** Each listener's defaults, in the shape the config carries. */
+export const APP_LIMIT_DEFAULTS: Readonly<ListenerLimitsConfig> = {
+  headersTimeoutMs: PROXY_HEADERS_TIMEOUT_MS,
+  requestTimeoutMs: PROXY_REQUEST_TIMEOUT_MS,
+  keepAliveTimeoutMs: PROXY_KEEP_ALIVE_TIMEOUT_MS,
+  maxConnections: PROXY_MAX_CONNECTIONS,
+};
+export const ADMIN_LIMIT_DEFAULTS: Readonly<ListenerLimitsConfig> = {
+  headersTimeoutMs: ADMIN_HEADERS_TIMEOUT_MS,
+  requestTimeoutMs: ADMIN_REQUEST_TIMEOUT_MS,
+  keepAliveTimeoutMs: ADMIN_KEEP_ALIVE_TIMEOUT_MS,
+  maxConnections: ADMIN_MAX_CONNECTIONS,
+};

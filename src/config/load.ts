@@ -186,15 +186,11 @@ async function build(raw: RawConfig, r: SecretResolver): Promise<Config> {
     admin: raw.admin,
     allowExternalListen: raw.allowExternalListen,
     drainTimeoutMs: raw.drainTimeout,
-    limits: { app: listenerLimits(raw.limits.app), admin: listenerLimits(raw.limits.admin) },
+    limits: raw.limits,
     store,
     audit: raw.audit,
     routes,
   };
-}
-
-function listenerLimits(l: RawConfig['limits']['app']): Config['limits']['app'] {
-  return { headersTimeoutMs: l.headersTimeout, requestTimeoutMs: l.requestTimeout, keepAliveTimeoutMs: l.keepAliveTimeout, maxConnections: l.maxConnections };
 }
 
 async function buildRoute(raw: RawRoute, path: string, r: SecretResolver): Promise<Route> {

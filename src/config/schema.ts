@@ -7,7 +7,8 @@ import { z } from 'zod';
 import { findUnsafeChar, codePointName, redactUrl } from './text.js';
 import { formatHostPort, isLoopbackListenHost } from './units.js';
 import { auth } from './auth-schema.js';
-import { LIMIT_DEFAULTS } from './limits.js';
+import { ADMIN_LIMIT_DEFAULTS, APP_LIMIT_DEFAULTS } from './limits.js';
+import type { ListenerLimitsConfig } from './types.js';
 import { DURATION_RANGES_MS, durationIn, hostPort, httpUrl, listenAddress, secretRef, sizeBytes, tlsFiles } from './primitives.js';
 
 export { DURATION_RANGES_MS, durationIn, type SecretRef, type RawTls } from './primitives.js';
@@ -156,27 +157,26 @@ const store = z.discriminatedUnion(
   { error: 'store.type must be memory or redis' },
 );
 
-/** Defaults and why: src/config/limits.ts. */
-type LimitDefaults = (typeof LIMIT_DEFAULTS)['app' | 'admin'];
-
-function listenerLimits(d: LimitDefaults) {
+/** Defaults and why: src/config/limits.ts. Parsed to the config's shape (ms), so load.ts only copies it. */
+function listenerLimits(d: Readonly<ListenerLimitsConfig>) {
   return z
     .strictObject({
-      headersTimeout: durationIn(DURATION_RANGES_MS.listenerHeaders).default(d.headers),
-      requestTimeout: durationIn(DURATION_RANGES_MS.listenerRequest).default(d.request),
-      keepAliveTimeout: durationIn(DURATION_RANGES_MS.listenerKeepAlive).default(d.keepAlive),
+      headersTimeout: durationIn(DURATION_RANGES_MS.listenerHeaders).default(d.headersTimeoutMs),
+      requestTimeout: durationIn(DURATION_RANGES_MS.listenerRequest).default(d.requestTimeoutMs),
+      keepAliveTimeout: durationIn(DURATION_RANGES_MS.listenerKeepAlive).default(d.keepAliveTimeoutMs),
       maxConnections: z.number().int().min(1).max(65_536).default(d.maxConnections),
     })
-    .default(limitsOf(d));
+    .transform((l): ListenerLimitsConfig => ({
+      headersTimeoutMs: l.headersTimeout,
+      requestTimeoutMs: l.requestTimeout,
+      keepAliveTimeoutMs: l.keepAliveTimeout,
+      maxConnections: l.maxConnections,
+    }))
+    // An absent block is parsed like an empty one: the defaults above fill it.
+    .prefault({});
 }
 
-function limitsOf(d: LimitDefaults) {
-  return { headersTimeout: d.headers, requestTimeout: d.request, keepAliveTimeout: d.keepAlive, maxConnections: d.maxConnections };
-}
-
-const limits = z
-  .strictObject({ app: listenerLimits(LIMIT_DEFAULTS.app), admin: listenerLimits(LIMIT_DEFAULTS.admin) })
-  .default({ app: limitsOf(LIMIT_DEFAULTS.app), admin: limitsOf(LIMIT_DEFAULTS.admin) });
+const limits = z.strictObject({ app: listenerLimits(APP_LIMIT_DEFAULTS), admin: listenerLimits(ADMIN_LIMIT_DEFAULTS) }).prefault({});
 
 export const configSchema = z
   .strictObject({

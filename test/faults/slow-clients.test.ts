@@ -14,8 +14,8 @@ import {
   PROXY_KEEP_ALIVE_TIMEOUT_MS,
   PROXY_MAX_CONNECTIONS,
   PROXY_REQUEST_TIMEOUT_MS,
-  TIMEOUT_CHECK_INTERVAL_MS,
-} from '../../src/sidecar.js';
+} from '../../src/config/limits.js';
+import { TIMEOUT_CHECK_INTERVAL_MS } from '../../src/sidecar.js';
 import { startSidecarProcess, writeConfig } from '../helpers/sidecar-process.js';
 import { answered, connectRaw, drip, parseAnswer, type RawConn } from '../security/raw.js';
 import { startStack, type Stack } from '../security/stack.js';
