@@ -4,6 +4,7 @@
  */
 import { isAbsolute, resolve } from 'node:path';
 import { credentialIdentity, sha256Hex } from '../core/credential.js';
+import { unverifiedClaims } from '../core/jwt.js';
 import { certificateThumbprint, parseSigningKey, processKey, type JwsAlg } from '../core/signing-key.js';
 import type { RawOAuth2 } from './auth-schema.js';
 import type { SecretRef } from './primitives.js';
@@ -49,6 +50,10 @@ export async function buildOAuth2(
       );
     }
   }
+  const assertion = assertionKey === undefined || a.assertion === undefined
+    ? undefined
+    : { key: assertionKey, issuer: a.assertion.issuer ?? clientId, subject: a.assertion.subject, audience: a.assertion.audience ?? a.tokenUrl.href };
+  const seedHash = refreshToken === undefined ? undefined : sha256Hex(refreshToken.reveal());
   const dpop = a.dpop === undefined ? undefined : dpopKey ? { key: dpopKey, shared: true } : a.dpop.key === undefined ? { key: processKey(a.dpop.alg ?? 'ES256'), shared: false } : undefined;
   const assertionAudience = a.assertionAudience === undefined || a.assertionAudience === 'tokenUrl'
     ? a.tokenUrl.href
@@ -74,8 +79,8 @@ export async function buildOAuth2(
       assertionAudience: a.clientAuth === 'private_key_jwt' ? assertionAudience : undefined,
       certificate: certificateThumbprintValue,
       dpop: dpop?.key.thumbprint,
-      refreshToken: refreshToken === undefined ? undefined : sha256Hex(refreshToken.reveal()),
-      assertion: assertionKey === undefined || a.assertion === undefined ? undefined : JSON.stringify([assertionKey.thumbprint, a.assertion.issuer ?? clientId, a.assertion.subject, a.assertion.audience ?? a.tokenUrl.href]),
+      refreshToken: seedHash,
+      assertion: assertion && JSON.stringify([assertion.key.thumbprint, assertion.issuer, assertion.subject, assertion.audience]),
       subjectTokenType: a.subjectToken === undefined ? undefined : JSON.stringify([a.subjectTokenType, a.requestedTokenType ?? null]),
       subject: subjectToken ? subjectOf(subjectToken) : undefined,
     },
@@ -90,10 +95,8 @@ export async function buildOAuth2(
     clientKey,
     assertionAudience,
     refreshToken,
-    refreshChainKey: refreshToken === undefined ? undefined : sha256Hex(JSON.stringify(['chain-v1', a.tokenUrl.href, clientId, sha256Hex(refreshToken.reveal())])).slice(0, 32),
-    assertion: assertionKey === undefined || a.assertion === undefined
-      ? undefined
-      : { key: assertionKey, issuer: a.assertion.issuer ?? clientId, subject: a.assertion.subject, audience: a.assertion.audience ?? a.tokenUrl.href },
+    refreshChainKey: seedHash && sha256Hex(JSON.stringify(['chain-v1', a.tokenUrl.href, clientId, seedHash])).slice(0, 32),
+    assertion,
     subjectToken: a.subjectToken === undefined
       ? undefined
       : { file: absolute(r, a.subjectToken.fromFile), type: a.subjectTokenType, requestedType: a.requestedTokenType },
@@ -119,21 +122,14 @@ function absolute(r: SecretResolver, file: string): string {
   return isAbsolute(file) ? file : resolve(r.baseDir, file);
 }
 
-
 /**
  * Whom a subject token speaks for: a JWT's `iss` and `sub` (a projected service-account token's
  * `system:serviceaccount:NS:NAME`, stable across rotations), else the hash of the whole token. Not verified: the
  * token endpoint does that; this only keeps tokens of different subjects apart.
  */
 function subjectOf(token: string): string {
-  const payload = token.split('.')[1];
-  if (payload !== undefined && token.split('.').length === 3) {
-    try {
-      const claims = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as Record<string, unknown>;
-      if (typeof claims['sub'] === 'string') return sha256Hex(JSON.stringify(['jwt', claims['iss'] ?? null, claims['sub']]));
-    } catch {
-      // not a JWT: the whole token names it
-    }
-  }
-  return sha256Hex(JSON.stringify(['opaque', token]));
+  const claims = unverifiedClaims(token);
+  return typeof claims?.['sub'] === 'string'
+    ? sha256Hex(JSON.stringify(['jwt', claims['iss'] ?? null, claims['sub']]))
+    : sha256Hex(JSON.stringify(['opaque', token]));
 }

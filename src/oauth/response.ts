@@ -3,6 +3,7 @@
  * degrades to a bounded one; nothing here can produce an unbounded or NaN expiry.
  */
 import { TokenEndpointError } from '../core/errors.js';
+import { unverifiedClaims } from '../core/jwt.js';
 import { makeToken, type Token } from '../core/token.js';
 import { redact } from './redact.js';
 import type { TokenResponseShape } from '../config/types.js';
@@ -141,16 +142,8 @@ export function expiresInSeconds(raw: unknown, maxDigits = 12): number | undefin
 
 /** The `exp` claim (seconds) of a JWT-shaped token, if it has one. Not verified: only used to bound the lifetime. */
 export function jwtExpiry(token: string): number | undefined {
-  const parts = token.split('.');
-  if (parts.length !== 3 || !parts[1]) return undefined;
-  try {
-    const payload: unknown = JSON.parse(Buffer.from(parts[1], 'base64url').toString('utf8'));
-    if (typeof payload !== 'object' || payload === null) return undefined;
-    const exp = (payload as Record<string, unknown>)['exp'];
-    return typeof exp === 'number' && Number.isFinite(exp) && exp > 0 ? exp : undefined;
-  } catch {
-    return undefined;
-  }
+  const exp = unverifiedClaims(token)?.['exp'];
+  return typeof exp === 'number' && Number.isFinite(exp) && exp > 0 ? exp : undefined;
 }
 
 function lifetime(rawExpiresIn: unknown, value: string, ctx: ParseContext): { expiresAtMs: number; source: Token['lifetimeSource'] } {
