@@ -9,7 +9,7 @@ import type { Token } from '../core/token.js';
 import { TokenEndpointError } from '../core/errors.js';
 import { readFileDigest, SECRET_FILE_MAX_BYTES, unreadable } from '../config/files.js';
 import { dpopProof, NonceBook } from './dpop.js';
-import { parseTokenAnswer, refreshTokenIn, type TokenHttpResponse } from './response.js';
+import { parseTokenResponse, refreshTokenIn, type TokenHttpResponse } from './response.js';
 import { buildTokenRequest } from './token-request.js';
 
 export { buildTokenRequest, type TokenRequest } from './token-request.js';
@@ -54,7 +54,7 @@ export class OAuthClient implements TokenFetcher {
     // RFC 6749 §6: a refresh token in a 200 is the one to use next, even if the access token in it is refused below.
     const rotated = grant.onRefreshToken && answer.http.status === 200 ? refreshTokenIn(answer.http.body) : undefined;
     if (rotated !== undefined) grant.onRefreshToken?.(rotated);
-    const { token } = parseTokenAnswer(answer.http, {
+    return parseTokenResponse(answer.http, {
       route: routeName,
       requestedAtMs: answer.requestedAtMs,
       nowMs: this.now(),
@@ -64,7 +64,6 @@ export class OAuthClient implements TokenFetcher {
       shape: auth.tokenResponse,
       dpop: auth.dpop !== undefined,
     });
-    return token;
   }
 
   async #post(routeName: string, auth: OAuth2Auth, grant: GrantInput, subjectToken: string | undefined): Promise<Answer> {

@@ -38,12 +38,8 @@ const MAX_RETRY_AFTER_MS = 3_600_000;
 /** RFC 6749 Appendix A.12: access-token = 1*VSCHAR. Space is excluded too: it would break the header syntax. */
 const ACCESS_TOKEN = /^[\x21-\x7e]+$/;
 
+/** The token of an answer (RFC 6749 §5.1); its refresh token, if any, is read by refreshTokenIn (§6). */
 export function parseTokenResponse(res: TokenHttpResponse, ctx: ParseContext): Token {
-  return parseTokenAnswer(res, ctx).token;
-}
-
-/** The token, and the refresh token the answer carried (RFC 6749 §5.1, §6: it may be a new one). */
-export function parseTokenAnswer(res: TokenHttpResponse, ctx: ParseContext): { token: Token; refreshToken: string | undefined } {
   const json = parseJson(res.body);
   if (res.status !== 200) throw errorFromResponse(res, json, ctx);
   if (json === undefined || typeof json !== 'object' || json === null || Array.isArray(json)) {
@@ -73,8 +69,7 @@ export function parseTokenAnswer(res: TokenHttpResponse, ctx: ParseContext): { t
   }
   const scope = typeof body['scope'] === 'string' ? body['scope'] : undefined;
   const { expiresAtMs, source } = lifetime(expiresInSecondsOf(at(body, shape.expiry), shape, ctx.requestedAtMs), value, ctx);
-  const refresh = body['refresh_token'];
-  const token = makeToken({
+  return makeToken({
     value,
     tokenType: type === 'dpop' ? 'DPoP' : 'Bearer',
     issuedAtMs: ctx.requestedAtMs,
@@ -82,7 +77,6 @@ export function parseTokenAnswer(res: TokenHttpResponse, ctx: ParseContext): { t
     scope,
     lifetimeSource: source,
   });
-  return { token, refreshToken: typeof refresh === 'string' && ACCESS_TOKEN.test(refresh) ? refresh : undefined };
 }
 
 /** The `refresh_token` of a JSON answer, if it has a well-formed one. */

@@ -1,5 +1,5 @@
 /**
- * Token response quirks (`auth.tokenResponse`) and DPoP token types, in `parseTokenAnswer`; then through the real
+ * Token response quirks (`auth.tokenResponse`) and DPoP token types, in `parseTokenResponse` (and `refreshTokenIn`); then through the real
  * OAuthClient against a token endpoint on a local socket, configured from routes.yaml as a vendor with a nested,
  * dated answer and a tenant header would need.
  */
@@ -11,7 +11,7 @@ import { TokenEndpointError } from '../../src/core/errors.js';
 import { loadConfigText } from '../../src/config/load.js';
 import type { OAuth2Auth, TokenResponseShape } from '../../src/config/types.js';
 import { OAuthClient } from '../../src/oauth/client.js';
-import { parseTokenAnswer, type ParseContext } from '../../src/oauth/response.js';
+import { parseTokenResponse, refreshTokenIn, type ParseContext } from '../../src/oauth/response.js';
 
 const NOW = 1_800_000_000_000; // 2027-01-15T08:00:00.000Z
 const REQUESTED = NOW - 200;
@@ -34,7 +34,8 @@ const shape = (accessToken: string, expiry: string, expiryFormat: TokenResponseS
 });
 
 function answer(body: unknown, c: Partial<ParseContext> = {}) {
-  return parseTokenAnswer({ status: 200, contentType: 'application/json', retryAfter: undefined, body: JSON.stringify(body) }, { ...ctx, ...c });
+  const text = JSON.stringify(body);
+  return { token: parseTokenResponse({ status: 200, contentType: 'application/json', retryAfter: undefined, body: text }, { ...ctx, ...c }), refreshToken: refreshTokenIn(text) };
 }
 
 function refusal(body: unknown, c: Partial<ParseContext> = {}): TokenEndpointError {
