@@ -112,7 +112,8 @@ class Exchange implements UpstreamListener {
   /** The body is in memory (or there is none): a replay can send it again. */
   #bodyKept = false;
   #replayed = false;
-  /** The one retry with a new DPoP nonce (RFC 9449 §9) was made. */
+  /** This attempt carries a DPoP proof; the one retry with a new nonce (RFC 9449 §9) was made. */
+  #proofSent = false;
   #nonceRetried = false;
   /** This attempt's 401 is held back for a replay. */
   #holding = false;
@@ -214,15 +215,16 @@ class Exchange implements UpstreamListener {
     const method = this.req.method ?? 'GET';
     const proof = this.deps.dpop.proofHeader(route, this.#token, method, this.#path);
     if (proof) headers.push(...proof);
-    // A DPoP route holds a 401 even without retryOn401: it may only ask for a nonce.
-    this.#holding = holds401(route, this.#token, this.#bodyKept, this.#replayed) || (proof !== undefined && this.#bodyKept && !this.#nonceRetried);
+    this.#holding = holds401(route, this.#token, this.#bodyKept, this.#replayed);
+    this.#proofSent = proof !== undefined;
     this.#upstream = this.deps.forwarder.send(route, { method, path: this.#path, headers, body: this.#body }, this.#madeRequestId, this);
   }
 
   upstreamHeaders(statusCode: number, headers: string[]): void {
-    if (this.#token?.tokenType === 'DPoP' && this.deps.dpop.answered(this.#route as Route, statusCode, headers) && !this.#nonceRetried && this.#holding) {
-      this.#held = new Held401(statusCode, headers, true);
-    } else if (this.#holding && statusCode === 401 && holds401(this.#route as Route, this.#token, this.#bodyKept, this.#replayed)) this.#held = new Held401(statusCode, headers);
+    // Every answer to a proof may carry a nonce; a 401 asking for one is retried once (even without retryOn401).
+    const nonceAsked = this.#proofSent && this.deps.dpop.answered(this.#route as Route, statusCode, headers);
+    if (nonceAsked && this.#bodyKept && !this.#nonceRetried) this.#held = new Held401(statusCode, headers, true);
+    else if (this.#holding && statusCode === 401) this.#held = new Held401(statusCode, headers);
     else this.res.writeHead(statusCode, headers);
   }
 
