@@ -15,8 +15,7 @@ export interface ProofFor {
   url: string;
   nowMs: number;
   nonce?: string | undefined;
-  /** On resource requests: the token the proof goes with (or its `ath`, computed once per token). */
-  accessToken?: string | undefined;
+  /** On resource requests: `accessTokenHash` of the token the proof goes with (computed once per token). */
   ath?: string | undefined;
 }
 
@@ -33,7 +32,7 @@ export function dpopProof(key: SigningKey, p: ProofFor): string {
     htu: htuOf(p.url),
     iat: Math.floor(p.nowMs / 1000),
     ...(p.nonce === undefined ? {} : { nonce: p.nonce }),
-    ...(p.ath !== undefined ? { ath: p.ath } : p.accessToken === undefined ? {} : { ath: accessTokenHash(p.accessToken) }),
+    ...(p.ath === undefined ? {} : { ath: p.ath }),
   });
 }
 

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { calculateJwkThumbprint, decodeProtectedHeader, EmbeddedJWK, jwtVerify } from 'jose';
 import { describe, expect, it } from 'vitest';
 import { parseSigningKey, processKey, type JwsAlg } from '../../src/core/signing-key.js';
-import { asksForNonce, dpopProof, htuOf, NonceBook } from '../../src/oauth/dpop.js';
+import { accessTokenHash, asksForNonce, dpopProof, htuOf, NonceBook } from '../../src/oauth/dpop.js';
 
 describe('DPoP proofs (RFC 9449 §4.2)', () => {
   it.each<JwsAlg>(['ES256', 'EdDSA', 'PS256', 'RS256'])('%s: verifies with the embedded jwk; typ, htm, htu without query, iat, ath, unique jti', async (alg) => {
@@ -10,7 +10,7 @@ describe('DPoP proofs (RFC 9449 §4.2)', () => {
     const nowMs = Date.now();
     const jtis = new Set<string>();
     for (let i = 0; i < 20; i++) {
-      const proof = dpopProof(key, { method: 'POST', url: 'https://api.vendor.test/v2/pay?x=1#frag', nowMs, nonce: 'n-1', accessToken: 'tok-123' });
+      const proof = dpopProof(key, { method: 'POST', url: 'https://api.vendor.test/v2/pay?x=1#frag', nowMs, nonce: 'n-1', ath: accessTokenHash('tok-123') });
       const { payload, protectedHeader } = await jwtVerify(proof, EmbeddedJWK, { typ: 'dpop+jwt', algorithms: [alg] });
       expect(payload).toMatchObject({ htm: 'POST', htu: 'https://api.vendor.test/v2/pay', nonce: 'n-1', iat: Math.floor(nowMs / 1000) });
       expect(payload['ath']).toBe(createHash('sha256').update('tok-123').digest('base64url'));
