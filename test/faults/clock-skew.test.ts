@@ -4,16 +4,16 @@
  * failure, and the token calls must stay near one per refresh for the fleet. The vendor's view is reported: an
  * expired token it refuses is replayed by the sidecar with a fresh one.
  */
-import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { Agent, request } from 'undici';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { startEchoVendor, type EchoVendor } from '../../src/dev/echo-vendor.js';
-import { startFakeIdp, type FakeIdp } from '../../src/dev/fake-idp.js';
-import { startRedis, type RedisServer } from '../helpers/redis.js';
-import { startSidecarProcess, writeConfig, type SidecarProcess } from '../helpers/sidecar-process.js';
+import type { EchoVendor } from '../../src/dev/echo-vendor.js';
+import type { FakeIdp } from '../../src/dev/fake-idp.js';
+import { fleetConfig, startFleetBackends } from '../helpers/fleet.js';
+import type { RedisServer } from '../helpers/redis.js';
+import { startSidecarProcess, type SidecarProcess } from '../helpers/sidecar-process.js';
 
 const SKEW = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'fixtures', 'clock-skew.mjs');
 const LIFETIME_S = 5;
@@ -25,20 +25,8 @@ const pods: SidecarProcess[] = [];
 const agent = new Agent({ connections: 8 });
 
 beforeAll(async () => {
-  [idp, vendor, redis] = await Promise.all([startFakeIdp({ clients: { skew: 'skew-secret-1234' }, defaultExpiresInS: LIFETIME_S }), startEchoVendor(), startRedis()]);
-  vendor.acceptToken = (t) => idp.isValid(t);
-  const file = await writeConfig(`version: 1
-listen: 127.0.0.1:0
-admin: 127.0.0.1:0
-store:
-  type: redis
-  redis: { url: ${redis.url}, keyPrefix: "skew${randomBytes(3).toString('hex')}:" }
-routes:
-  - name: pix
-    match: { pathPrefix: /pix }
-    upstream: ${vendor.url}/v2
-    auth: { type: oauth2, tokenUrl: ${idp.url}, clientId: skew, clientSecret: skew-secret-1234 }
-`);
+  ({ idp, vendor, redis } = await startFleetBackends(LIFETIME_S));
+  const file = await fleetConfig({ redisUrl: redis.url, vendorUrl: vendor.url, tokenUrl: idp.url });
   const skewed = (ms: number) => ({ NODE_OPTIONS: `--import=${SKEW}`, TEST_CLOCK_SKEW_MS: String(ms) });
   pods.push(...(await Promise.all([startSidecarProcess(file, skewed(-SKEW_MS)), startSidecarProcess(file, skewed(SKEW_MS))])));
 }, 60_000);

@@ -3,14 +3,14 @@
  * on two sidecar processes, over 10 token lifetimes. The promise: no request fails (correctness never depends on the
  * store), and token calls stay bounded: at most one per pod per refresh while the fleet cannot coordinate.
  */
-import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Agent, request } from 'undici';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { startEchoVendor, type EchoVendor } from '../../src/dev/echo-vendor.js';
-import { startFakeIdp, type FakeIdp } from '../../src/dev/fake-idp.js';
-import { startRedis, type RedisServer } from '../helpers/redis.js';
-import { startSidecarProcess, writeConfig, type SidecarProcess } from '../helpers/sidecar-process.js';
+import type { EchoVendor } from '../../src/dev/echo-vendor.js';
+import type { FakeIdp } from '../../src/dev/fake-idp.js';
+import { fleetConfig, startFleetBackends } from '../helpers/fleet.js';
+import type { RedisServer } from '../helpers/redis.js';
+import { startSidecarProcess, type SidecarProcess } from '../helpers/sidecar-process.js';
 
 const LIFETIME_S = 4;
 const LIFETIME_MS = LIFETIME_S * 1000;
@@ -21,20 +21,8 @@ const pods: SidecarProcess[] = [];
 const agent = new Agent({ connections: 8 });
 
 beforeAll(async () => {
-  [idp, vendor, redis] = await Promise.all([startFakeIdp({ clients: { st: 'st-secret-1234' }, defaultExpiresInS: LIFETIME_S }), startEchoVendor(), startRedis()]);
-  vendor.acceptToken = (t) => idp.isValid(t);
-  const file = await writeConfig(`version: 1
-listen: 127.0.0.1:0
-admin: 127.0.0.1:0
-store:
-  type: redis
-  redis: { url: ${redis.url}, keyPrefix: "st${randomBytes(3).toString('hex')}:" }
-routes:
-  - name: pix
-    match: { pathPrefix: /pix }
-    upstream: ${vendor.url}/v2
-    auth: { type: oauth2, tokenUrl: ${idp.url}, clientId: st, clientSecret: st-secret-1234 }
-`);
+  ({ idp, vendor, redis } = await startFleetBackends(LIFETIME_S));
+  const file = await fleetConfig({ redisUrl: redis.url, vendorUrl: vendor.url, tokenUrl: idp.url });
   pods.push(...(await Promise.all([startSidecarProcess(file), startSidecarProcess(file)])));
 }, 60_000);
 

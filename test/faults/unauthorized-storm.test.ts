@@ -3,7 +3,6 @@
  * two sidecar processes sharing a real Redis. Exactly one token request fleet-wide, and every replayable request
  * (a POST with a small body) ends 200 after its one replay.
  */
-import { randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { readdirSync, readFileSync } from 'node:fs';
@@ -11,7 +10,8 @@ import { Agent, request } from 'undici';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { startFakeIdp, type FakeIdp } from '../../src/dev/fake-idp.js';
 import { startRedis, type RedisServer } from '../helpers/redis.js';
-import { startSidecarProcess, writeConfig, type SidecarProcess } from '../helpers/sidecar-process.js';
+import { FLEET_CLIENT_ID, FLEET_SECRET, fleetConfig } from '../helpers/fleet.js';
+import { startSidecarProcess, type SidecarProcess } from '../helpers/sidecar-process.js';
 import { waitUntil } from '../helpers/wait.js';
 
 const IN_FLIGHT_PER_POD = 250;
@@ -69,22 +69,11 @@ const agent = new Agent({ connections: IN_FLIGHT_PER_POD + 10, keepAliveTimeout:
 
 beforeAll(async () => {
   [idp, vendor, redis] = await Promise.all([
-    startFakeIdp({ clients: { storm: 'storm-secret-1234' }, defaultExpiresInS: 600 }),
+    startFakeIdp({ clients: { [FLEET_CLIENT_ID]: FLEET_SECRET }, defaultExpiresInS: 600 }),
     startStormVendor((t) => idp.isValid(t)),
     startRedis(),
   ]);
-  const file = await writeConfig(`version: 1
-listen: 127.0.0.1:0
-admin: 127.0.0.1:0
-store:
-  type: redis
-  redis: { url: ${redis.url}, keyPrefix: "storm${randomBytes(3).toString('hex')}:" }
-routes:
-  - name: pix
-    match: { pathPrefix: /pix }
-    upstream: ${vendor.url}/v2
-    auth: { type: oauth2, tokenUrl: ${idp.url}, clientId: storm, clientSecret: storm-secret-1234 }
-`);
+  const file = await fleetConfig({ redisUrl: redis.url, vendorUrl: vendor.url, tokenUrl: idp.url });
   pods.push(...(await Promise.all([startSidecarProcess(file), startSidecarProcess(file)])));
 }, 60_000);
 

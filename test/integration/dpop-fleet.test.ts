@@ -3,16 +3,17 @@
  * key file share one DPoP-bound token (one token request); without a key file each process makes its own key, so each
  * gets its own token (one request per pod), and /v1/routes says which.
  */
-import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { generateKeyPairSync } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startEchoVendor, type EchoVendor } from '../../src/dev/echo-vendor.js';
-import { startFakeIdp, type FakeIdp } from '../../src/dev/fake-idp.js';
-import { startRedis, type RedisServer } from '../helpers/redis.js';
-import { startSidecarProcess, writeConfig, type SidecarProcess } from '../helpers/sidecar-process.js';
+import type { EchoVendor } from '../../src/dev/echo-vendor.js';
+import type { FakeIdp } from '../../src/dev/fake-idp.js';
+import { fleetConfig, startFleetBackends } from '../helpers/fleet.js';
+import type { RedisServer } from '../helpers/redis.js';
+import { startSidecarProcess, type SidecarProcess } from '../helpers/sidecar-process.js';
 
 let idp: FakeIdp;
 let vendor: EchoVendor;
@@ -21,7 +22,9 @@ let dir: string;
 const pods: SidecarProcess[] = [];
 
 beforeAll(async () => {
-  [idp, vendor, redis] = await Promise.all([startFakeIdp({ clients: { dp: 'dp-secret-1234' } }), startEchoVendor(), startRedis()]);
+  ({ idp, vendor, redis } = await startFleetBackends(3_600));
+  // The echo vendor checks Bearer tokens only; here it echoes the DPoP one for the test to compare.
+  vendor.acceptToken = undefined;
   dir = await mkdtemp(path.join(os.tmpdir(), 'dpop-fleet-'));
 });
 
@@ -34,25 +37,14 @@ afterAll(async () => {
 });
 
 async function fleet(dpop: string): Promise<SidecarProcess[]> {
-  const file = await writeConfig(`version: 1
-listen: 127.0.0.1:0
-admin: 127.0.0.1:0
-store:
-  type: redis
-  redis: { url: ${redis.url}, keyPrefix: "dpf${randomBytes(3).toString('hex')}:" }
-routes:
-  - name: q
-    match: { pathPrefix: /q }
-    upstream: ${vendor.url}/v2
-    auth: { type: oauth2, tokenUrl: ${idp.url}, clientId: dp, clientSecret: dp-secret-1234, dpop: ${dpop} }
-`);
+  const file = await fleetConfig({ redisUrl: redis.url, vendorUrl: vendor.url, tokenUrl: idp.url, authExtra: `, dpop: ${dpop}` });
   const started = await Promise.all([startSidecarProcess(file), startSidecarProcess(file)]);
   pods.push(...started);
   return started;
 }
 
 async function use(pod: SidecarProcess): Promise<string> {
-  const res = await request(`${pod.proxyUrl}/q/quotes`);
+  const res = await request(`${pod.proxyUrl}/pix/quotes`);
   const body = (await res.body.json()) as { authorization?: string };
   expect(res.statusCode).toBe(200);
   return body.authorization ?? '';
