@@ -16,7 +16,7 @@ import {
   PROXY_REQUEST_TIMEOUT_MS,
 } from '../../src/config/limits.js';
 import { TIMEOUT_CHECK_INTERVAL_MS } from '../../src/sidecar.js';
-import { startSidecarProcess, writeConfig } from '../helpers/sidecar-process.js';
+import { startSidecarProcess, writeConfig, type SidecarProcess } from '../helpers/sidecar-process.js';
 import { answered, connectRaw, drip, parseAnswer, type RawConn } from '../security/raw.js';
 import { startStack, type Stack } from '../security/stack.js';
 
@@ -53,6 +53,20 @@ async function slowloris(port: number, timeoutMs: number): Promise<{ status: num
   return { status: parseAnswer(text)?.status, closedAfterMs: atMs - startMs };
 }
 
+/** The shipped program with one static route (its vendor is never reached here), and `extra` top-level YAML. */
+async function startShipped(extra = ''): Promise<SidecarProcess> {
+  const file = await writeConfig(`version: 1
+listen: 127.0.0.1:0
+admin: 127.0.0.1:0
+${extra}routes:
+  - name: pix
+    match: { pathPrefix: /pix }
+    upstream: http://127.0.0.1:9/v2
+    auth: { type: static, value: { fromEnv: SLOW_SECRET } }
+`);
+  return startSidecarProcess(file, { SLOW_SECRET: 'k' });
+}
+
 describe('headersTimeout: a slowloris is cut', () => {
   it('on the app listener: 408 and closed at headersTimeout (+ the check interval)', async () => {
     const { proxyPort } = await stack({ limits: { proxy: FAST } });
@@ -72,16 +86,7 @@ describe('headersTimeout: a slowloris is cut', () => {
   it(
     'the shipped program, on its production defaults: the app listener at PROXY_HEADERS_TIMEOUT_MS, the admin listener at ADMIN_HEADERS_TIMEOUT_MS',
     async () => {
-      const file = await writeConfig(`version: 1
-listen: 127.0.0.1:0
-admin: 127.0.0.1:0
-routes:
-  - name: pix
-    match: { pathPrefix: /pix }
-    upstream: http://127.0.0.1:9/v2
-    auth: { type: static, value: { fromEnv: SLOW_SECRET } }
-`);
-      const sc = await startSidecarProcess(file, { SLOW_SECRET: 'k' });
+      const sc = await startShipped();
       try {
         const slack = TIMEOUT_CHECK_INTERVAL_MS + 1_500;
         const [proxy, admin] = await Promise.all([
@@ -164,19 +169,7 @@ describe('maxConnections', () => {
   }
 
   it('set in routes.yaml (limits.app, limits.admin), on the shipped program', async () => {
-    const file = await writeConfig(`version: 1
-listen: 127.0.0.1:0
-admin: 127.0.0.1:0
-limits:
-  app: { headersTimeout: 1s }
-  admin: { maxConnections: 2 }
-routes:
-  - name: pix
-    match: { pathPrefix: /pix }
-    upstream: http://127.0.0.1:9/v2
-    auth: { type: static, value: { fromEnv: SLOW_SECRET } }
-`);
-    const sc = await startSidecarProcess(file, { SLOW_SECRET: 'k' });
+    const sc = await startShipped('limits:\n  app: { headersTimeout: 1s }\n  admin: { maxConnections: 2 }\n');
     try {
       const { status, closedAfterMs } = await slowloris(Number(new URL(sc.proxyUrl).port), 1_000 + TIMEOUT_CHECK_INTERVAL_MS + 1_500);
       expect(status).toBe(408);
