@@ -1196,19 +1196,6 @@ function report(R) {
       verdict(S.steady.every((t) => t.tokenCalls <= t.bound)),
     ]);
   }
-  if (R.dpop?.rows?.length) {
-    L.push('## DPoP: a proof per request, beside a Bearer route (32 connections, memory store, warm token)');
-    L.push('');
-    row(['payload', 'Bearer req/s', 'DPoP req/s', 'ratio', 'Bearer CPU-s / 10k', 'DPoP CPU-s / 10k', 'extra CPU per request', 'Bearer p99 ms', 'DPoP p99 ms']);
-    row(['---', '---:', '---:', '---:', '---:', '---:', '---:', '---:', '---:']);
-    for (const d of R.dpop.rows) {
-      row([d.label, f0(d.bearer.rps), f0(d.dpop.rps), `${f2(d.dpop.rps / d.bearer.rps)}×`, f2(d.bearer.cpu), f2(d.dpop.cpu), `${f0((d.dpop.cpu - d.bearer.cpu) * 100)} µs`, f2(d.bearer.p99), f2(d.dpop.p99)]);
-    }
-    L.push('');
-    L.push('Method: two sidecar processes from the same build, one route each, the same token endpoint (which answers `token_type: DPoP` to a request with a proof); the DPoP route has `dpop: {}` (a key of its own, ES256), so every vendor request carries a fresh proof with `jti`, `iat`, `htm`, `htu` and `ath`, signed with node:crypto. Interleaved repetitions, medians; pinned like the matrix.');
-    L.push('');
-  }
-
   if (R.cluster64?.tokenCalls !== undefined) {
     const C = R.cluster64;
     goals.push([`fleet token calls on a ${C.masters}-master Redis Cluster (N = ${C.n}, cold burst)`, '1', String(C.tokenCalls), verdict(C.tokenCalls === 1)]);
