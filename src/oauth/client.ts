@@ -12,8 +12,6 @@ import { dpopProof, NonceBook } from './dpop.js';
 import { parseTokenResponse, refreshTokenIn, type TokenHttpResponse } from './response.js';
 import { buildTokenRequest } from './token-request.js';
 
-export { buildTokenRequest, type TokenRequest } from './token-request.js';
-
 const MAX_BODY_BYTES = 256 * 1024;
 
 /** The state a grant carries from one request to the next: the newest refresh token, and where a new one goes. */
