@@ -216,6 +216,9 @@ async function buildRoute(raw: RawRoute, path: string, r: SecretResolver): Promi
     timeouts: { connectMs: raw.timeouts.connect, responseMs: raw.timeouts.response, idleMs: raw.timeouts.idle },
     warm: raw.warm,
     allowInsecureHttp: raw.allowInsecureHttp,
+    websocket: raw.websocket,
+    streaming: raw.streaming,
+    http2: raw.http2 !== false,
   };
 }
 

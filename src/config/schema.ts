@@ -87,6 +87,15 @@ const route = z.strictObject({
     .default({ connect: 5_000, response: 30_000, idle: 60_000 }),
   warm: z.boolean().default(false),
   allowInsecureHttp: z.boolean().default(false),
+  /** Allow `Upgrade: websocket` on this route (refused with a typed 400 otherwise). */
+  websocket: z.boolean().default(false),
+  /**
+   * A route whose answers are long, quiet but live streams (server-sent events): `timeouts.idle` no longer cuts a
+   * response body or an upgraded socket that is merely silent.
+   */
+  streaming: z.boolean().default(false),
+  /** HTTP/2 to the vendor: `auto` offers h2 by ALPN and falls back to HTTP/1.1; `true` is the same offer (h2 preferred). */
+  http2: z.union([z.boolean(), z.literal('auto')], { error: 'must be true, false or auto' }).default(false),
 });
 
 /** The credentials have their own keys (`password` is a secret reference); a URL is printed and logged. */

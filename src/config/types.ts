@@ -88,6 +88,12 @@ export interface Route {
   timeouts: { connectMs: number; responseMs: number; idleMs: number };
   warm: boolean;
   allowInsecureHttp: boolean;
+  /** `Upgrade: websocket` allowed. */
+  websocket: boolean;
+  /** Quiet live streams are not cut by `timeouts.idle`. */
+  streaming: boolean;
+  /** Offer h2 to the vendor (ALPN); HTTP/1.1 otherwise. */
+  http2: boolean;
 }
 
 export interface HostPort {
