@@ -43,7 +43,7 @@ export async function createTokenKeeping(config: Config, opts: TokenKeepingOptio
     log: opts.log,
     audit: createAuditLogger(config.audit.destination, opts.log),
     ...(opts.tokenObserver ? { observer: opts.tokenObserver } : {}),
-    ...(config.store.type === 'redis' ? { lockWaitTimeoutMs: config.store.lockWaitTimeoutMs, coordinationTimeoutMs: config.store.coordinationTimeoutMs } : {}),
+    ...(config.store.type !== 'memory' ? { lockWaitTimeoutMs: config.store.lockWaitTimeoutMs, coordinationTimeoutMs: config.store.coordinationTimeoutMs } : {}),
   });
   manager.setRoutes(config.routes);
   return {

@@ -4,8 +4,8 @@
  */
 import { resolve, dirname } from 'node:path';
 import type { z } from 'zod';
-import { configSchema, type RawConfig, type RawRedis, type RawRoute, type SecretRef } from './schema.js';
-import type { Config, RedisStoreConfig, Route, StoreConfig } from './types.js';
+import { configSchema, type RawConfig, type RawMemcached, type RawRedis, type RawRoute, type SecretRef } from './schema.js';
+import type { Config, MemcachedStoreConfig, RedisStoreConfig, Route, StoreConfig } from './types.js';
 import { CONFIG_FILE_MAX_BYTES, readFileDigest, unreadable, type FileDigests } from './files.js';
 import { noteDigest, SecretResolver, type SecretUse } from './secrets.js';
 import { formatHostPort, isLoopbackHost, isLoopbackListenHost } from './units.js';
@@ -218,26 +218,19 @@ async function buildRoute(raw: RawRoute, path: string, r: SecretResolver): Promi
     allowInsecureHttp: raw.allowInsecureHttp,
     websocket: raw.websocket,
     streaming: raw.streaming,
-    http2: raw.http2 !== false,
+    http2: raw.http2,
   };
 }
 
 async function buildStore(raw: RawConfig['store'], r: SecretResolver): Promise<StoreConfig> {
   if (raw.type === 'memory') return { type: 'memory' };
+  if (raw.type === 'memcached') return buildMemcachedStore(raw.memcached, raw.encryption, r);
   const redis: RawRedis = raw.redis;
   const [password, sentinelPassword, tls, keys] = await Promise.all([
     redis.password === undefined ? undefined : r.secret(redis.password, 'store.redis.password'),
     redis.sentinelPassword === undefined ? undefined : r.secret(redis.sentinelPassword, 'store.redis.sentinelPassword'),
     r.tls(redis.tls, 'store.redis.tls'),
-    Promise.all(
-      (raw.encryption?.keys ?? []).map(async (k, i) => {
-        const path = `store.encryption.keys[${i}].secret`;
-        const text = await r.get(k.secret, path, { literalWarning: true });
-        const key = Buffer.from(text.trim(), 'base64');
-        if (text && key.length !== 32) r.problems.push(`${path}: must be 32 random bytes in base64 (got ${key.length} bytes)`);
-        return { id: k.id, key };
-      }),
-    ),
+    encryptionKeys(raw.encryption, r),
   ]);
   const store: RedisStoreConfig = {
     type: 'redis',
@@ -257,4 +250,33 @@ async function buildStore(raw: RawConfig['store'], r: SecretResolver): Promise<S
     encryptionKeys: keys,
   };
   return store;
+}
+
+async function buildMemcachedStore(m: RawMemcached, encryption: RawEncryption, r: SecretResolver): Promise<MemcachedStoreConfig> {
+  return {
+    type: 'memcached',
+    servers: m.servers,
+    keyPrefix: m.keyPrefix,
+    commandTimeoutMs: m.commandTimeout,
+    coordinationTimeoutMs: m.coordinationTimeout,
+    lockLeaseMs: m.lockLease,
+    lockWaitTimeoutMs: m.lockWaitTimeout,
+    pollIntervalMs: m.pollInterval,
+    encryptionKeys: await encryptionKeys(encryption, r),
+  };
+}
+
+type RawEncryption = Exclude<RawConfig['store'], { type: 'memory' }>['encryption'];
+
+/** `store.encryption.keys`, resolved: each secret is 32 random bytes in base64. */
+function encryptionKeys(encryption: RawEncryption, r: SecretResolver): Promise<{ id: string; key: Buffer }[]> {
+  return Promise.all(
+    (encryption?.keys ?? []).map(async (k, i) => {
+      const path = `store.encryption.keys[${i}].secret`;
+      const text = await r.get(k.secret, path, { literalWarning: true });
+      const key = Buffer.from(text.trim(), 'base64');
+      if (text && key.length !== 32) r.problems.push(`${path}: must be 32 random bytes in base64 (got ${key.length} bytes)`);
+      return { id: k.id, key };
+    }),
+  );
 }

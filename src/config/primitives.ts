@@ -38,6 +38,8 @@ export const DURATION_RANGES_MS = {
   redisCall: { min: 10, max: 60_000 },
   lockLease: { min: 500, max: 300_000 },
   lockWaitTimeout: { min: 100, max: 600_000 },
+  /** A waiter's store poll on memcached (no pub/sub): short enough to hand over a token fast, not a busy loop. */
+  storePollInterval: { min: 10, max: 1_000 },
   listenerHeaders: { min: 1_000, max: 600_000 },
   listenerRequest: { min: 1_000, max: 3_600_000 },
   listenerKeepAlive: { min: 1_000, max: 600_000 },

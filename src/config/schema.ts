@@ -94,7 +94,10 @@ const route = z.strictObject({
    * response body or an upgraded socket that is merely silent.
    */
   streaming: z.boolean().default(false),
-  /** HTTP/2 to the vendor: `auto` offers h2 by ALPN and falls back to HTTP/1.1; `true` is the same offer (h2 preferred). */
+  /**
+   * HTTP/2 to the vendor. `true`: the vendor must agree to h2 (ALPN) and requests are multiplexed on a few connections;
+   * `auto`: h2 is offered and used if the vendor picks it, HTTP/1.1 otherwise (one stream per connection, undici's rule).
+   */
   http2: z.union([z.boolean(), z.literal('auto')], { error: 'must be true, false or auto' }).default(false),
 });
 
@@ -151,6 +154,47 @@ const redis = z
     if (r.sentinels && !r.name) ctx.addIssue({ code: 'custom', path: ['name'], message: 'sentinels need the master name' });
   });
 
+/** A memcached server: `host:port`, `[v6 address]:port`, or `{ host, port }`. */
+const memcachedServer = z.union(
+  [
+    z.string().transform((text, ctx) => {
+      const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):(\d{1,5})$/.exec(text);
+      const port = Number(m?.[3]);
+      if (!m || port < 1 || port > 65_535) {
+        ctx.addIssue({ code: 'custom', message: `"${text}" is not host:port` });
+        return z.NEVER;
+      }
+      return { host: m[1] ?? m[2] ?? '', port };
+    }),
+    hostPort,
+  ],
+  { error: 'expected "host:port" or { host, port }' },
+);
+
+const memcached = z
+  .strictObject({
+    servers: z.array(memcachedServer).min(1, 'at least one server'),
+    keyPrefix: z.string().regex(/^[A-Za-z0-9:_.-]{0,64}$/, 'letters, digits and :_.- only').default('token-sidecar:'),
+    /** Deadline of any one memcached call; a server without a connection fails at once. */
+    commandTimeout: durationIn(DURATION_RANGES_MS.redisCall).default(1_000),
+    /** Store time one refresh may spend finding out who fetches; past it the pod fetches for itself. */
+    coordinationTimeout: durationIn(DURATION_RANGES_MS.redisCall).default(1_000),
+    /** Refresh lock lease (memcached rounds it up to whole seconds, plus one). */
+    lockLease: durationIn(DURATION_RANGES_MS.lockLease).default(5_000),
+    lockWaitTimeout: durationIn(DURATION_RANGES_MS.lockWaitTimeout).default(15_000),
+    /** How often a pod waiting for another pod's refresh reads the store: memcached has no pub/sub. */
+    pollInterval: durationIn(DURATION_RANGES_MS.storePollInterval).default(50),
+  })
+  .superRefine((m, ctx) => {
+    // A server listed twice would hold twice its share of the keys.
+    const seen = new Set<string>();
+    m.servers.forEach((s, i) => {
+      const id = `${s.host.toLowerCase()}:${s.port}`;
+      if (seen.has(id)) ctx.addIssue({ code: 'custom', path: ['servers', i], message: `${id} is listed twice` });
+      seen.add(id);
+    });
+  });
+
 const encryption = z.strictObject({
   keys: z
     .array(z.strictObject({ id: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, 'letters, digits and ._- only'), secret: secretRef }))
@@ -162,8 +206,9 @@ const store = z.discriminatedUnion(
   [
     z.strictObject({ type: z.literal('memory') }),
     z.strictObject({ type: z.literal('redis'), redis, encryption: encryption.optional() }),
+    z.strictObject({ type: z.literal('memcached'), memcached, encryption: encryption.optional() }),
   ],
-  { error: 'store.type must be memory or redis' },
+  { error: 'store.type must be memory, redis or memcached' },
 );
 
 /** Defaults and why: src/config/limits.ts. Parsed to the config's shape (ms), so load.ts only copies it. */
@@ -246,7 +291,7 @@ export const configSchema = z
       });
       const store = obj(cfg.store);
       const keys = obj(store?.['encryption'])?.['keys'];
-      if (store?.['type'] === 'redis' && Array.isArray(keys)) {
+      if ((store?.['type'] === 'redis' || store?.['type'] === 'memcached') && Array.isArray(keys)) {
         const ids = new Set<string>();
         keys.forEach((k: unknown, i) => {
           const id = obj(k)?.['id'];
@@ -262,3 +307,4 @@ export const configSchema = z
 export type RawConfig = z.output<typeof configSchema>;
 export type RawRoute = RawConfig['routes'][number];
 export type RawRedis = z.output<typeof redis>;
+export type RawMemcached = z.output<typeof memcached>;

@@ -92,8 +92,8 @@ export interface Route {
   websocket: boolean;
   /** Quiet live streams are not cut by `timeouts.idle`. */
   streaming: boolean;
-  /** Offer h2 to the vendor (ALPN); HTTP/1.1 otherwise. */
-  http2: boolean;
+  /** HTTP/2 to the vendor: `true` required and multiplexed, `auto` offered by ALPN (one stream per connection), `false` HTTP/1.1. */
+  http2: boolean | 'auto';
 }
 
 export interface HostPort {
@@ -119,7 +119,21 @@ export interface RedisStoreConfig {
   encryptionKeys: { id: string; key: Buffer }[];
 }
 
-export type StoreConfig = { type: 'memory' } | RedisStoreConfig;
+export interface MemcachedStoreConfig {
+  type: 'memcached';
+  /** Every credential's keys live on one of these, by consistent hashing (ketama). */
+  servers: HostPort[];
+  keyPrefix: string;
+  commandTimeoutMs: number;
+  coordinationTimeoutMs: number;
+  lockLeaseMs: number;
+  lockWaitTimeoutMs: number;
+  /** How often a pod waiting for another pod's refresh reads the store (memcached has no pub/sub). */
+  pollIntervalMs: number;
+  encryptionKeys: { id: string; key: Buffer }[];
+}
+
+export type StoreConfig = { type: 'memory' } | RedisStoreConfig | MemcachedStoreConfig;
 
 export interface ListenerLimitsConfig {
   headersTimeoutMs: number;

@@ -71,7 +71,7 @@ export interface GrantRead {
 }
 
 export interface TokenStore {
-  readonly kind: 'memory' | 'redis';
+  readonly kind: 'memory' | 'redis' | 'memcached';
   /** The shared token for `key`; undefined on a miss or an unreadable value. */
   get(key: string): Promise<Stored<Token | undefined>>;
   /** The token and any recent shared failure, in one round trip. */
