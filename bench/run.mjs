@@ -4,7 +4,7 @@
 //   node bench/run.mjs --quick         smoke check: 1 repetition, short runs (< 2.5 min)
 // Options: --report=FILE.json (rebuild the Markdown from saved results), --seconds=N --reps=N (override), --proto=DIST_DIR (add a second token-sidecar built from another dist/,
 //   e.g. a prototype, as its own target), --dist=DIR (run the product and the dev helpers from another build), --profile (also run token-sidecar under --cpu-prof and print its hottest
-//   functions), --no-install (never apt-get), --only=matrix|startup|fleet|slowstore|dpop|cluster64[,…] (some parts, for
+//   functions), --no-install (never apt-get), --only=matrix|startup|fleet|slowstore|dpop|h2|cluster64[,…] (some parts, for
 //   development; cluster64, 64 sidecars on a Redis Cluster, runs only when named here or with --with-cluster64).
 // Writes bench/results/latest.md (the tables) and bench/results/latest.json (every repetition).
 // See bench/README.md for the method.
@@ -434,6 +434,7 @@ async function main() {
   if (part('fleet') && redis) results.fleet = await fleetPhase({ dir, upstream, idp, redis });
   if (part('slowstore') && redis) results.slowstore = await slowStorePhase({ dir, upstream, redis });
   if (part('dpop')) results.dpop = await dpopPhase({ dir, upstream, idp, stats });
+  if (part('h2')) results.h2 = await h2Phase({ dir, idp, stats });
   if (part('cluster64', flag('with-cluster64'))) {
     if (have('redis-server') && have('redis-cli')) results.cluster64 = await cluster64Phase({ dir, upstream });
     else notes.push('redis-server or redis-cli is not installed: the Redis Cluster part (N = 64) is skipped.');
@@ -478,6 +479,68 @@ async function dpopPhase({ dir, upstream, idp, stats }) {
   }
   for (const t of targets) await t.proc.stop();
   return { rows };
+}
+
+// ---- HTTP/2 to the vendor ---------------------------------------------------------------------------------------
+/**
+ * Route `http2: false | auto | true` against one local TLS upstream that speaks both (ALPN picks): req/s, CPU and the
+ * connections each opened, at 32 connections, interleaved, pinned like the matrix. The upstream counts its TLS
+ * connections by protocol.
+ */
+async function h2Phase({ dir, idp, stats }) {
+  const key = join(dir, 'h2-key.pem');
+  const cert = join(dir, 'h2-cert.pem');
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost'], { stdio: 'ignore' });
+  const up = startProcess('upstream-h2', 'node', [join(here, 'targets', 'upstream-h2.mjs')], { cpus: '0', env: { KEY: key, CERT: cert } });
+  const { port } = await up.waitJson();
+  const origin = `https://localhost:${port}`;
+  const counts = async () => {
+    const { Agent: A, request: rq } = await import('undici');
+    const a = new A({ connect: { ca: readFileSync(cert) } });
+    const r = await rq(`${origin}/__stats`, { dispatcher: a });
+    const j = await r.body.json();
+    await a.close();
+    return j;
+  };
+  const yaml = (mode) => `version: 1
+listen: 127.0.0.1:0
+admin: 127.0.0.1:0
+routes:
+  - name: bench
+    match: { pathPrefix: ${PREFIX} }
+    upstream: ${origin}
+    upstreamTls: { ca: { fromFile: ${cert} } }
+    http2: ${mode}
+    auth: { type: oauth2, tokenUrl: ${idp.tokenUrl}, clientId: demo-client, clientSecret: demo-secret }
+`;
+  const modes = [
+    { id: 'h1', label: 'http2: false (HTTP/1.1 pool)', mode: 'false' },
+    { id: 'auto', label: 'http2: auto (h2, one stream per connection)', mode: 'auto' },
+    { id: 'h2', label: 'http2: true (h2, multiplexed)', mode: 'true' },
+  ];
+  const targets = [];
+  for (const m of modes) {
+    const started = await startSidecar({ name: `sidecar-h2-${m.id}`, dir, cpus: '1', yaml: yaml(m.mode) });
+    const t = { id: m.id, label: m.label, ...started, base: `${started.proxy}${PREFIX}`, conns: {} };
+    const before = await counts();
+    const r = await httpGet(`${t.base}/small`);
+    if (r.status !== 200) throw new Error(`${t.id}: ${r.status} ${r.text.slice(0, 200)}`);
+    await measureOnce(t, PAYLOADS[0], 32, WARM_S);
+    const after = await counts();
+    t.conns = { h2: after.h2Sessions - before.h2Sessions, h1: after.h1Connections - before.h1Connections };
+    targets.push(t);
+  }
+  const rows = [];
+  for (const p of PAYLOADS) {
+    const reps = Object.fromEntries(targets.map((t) => [t.id, []]));
+    for (let i = 0; i < REPS; i++) for (const t of targets) reps[t.id].push(await measureRep(t, p, 32, SECONDS, stats));
+    const pick = (id, k) => median(reps[id].map((r) => r[k]));
+    rows.push({ payload: p.id, label: p.label, by: Object.fromEntries(targets.map((t) => [t.id, { rps: pick(t.id, 'rps'), cpu: pick(t.id, 'cpuPer10k'), p99: pick(t.id, 'p99Ms') }])) });
+    log(`  h2 ${p.id}: ${targets.map((t) => `${t.id} ${f0(rows.at(-1).by[t.id].rps)} req/s`).join(', ')}`);
+  }
+  for (const t of targets) await t.proc.stop();
+  await up.stop();
+  return { rows, modes: targets.map((t) => ({ id: t.id, label: t.label, conns: t.conns })) };
 }
 
 // ---- matrix ----------------------------------------------------------------------------------------------------
@@ -1196,6 +1259,20 @@ function report(R) {
       verdict(S.steady.every((t) => t.tokenCalls <= t.bound)),
     ]);
   }
+  if (R.h2?.rows?.length) {
+    L.push('## HTTP/2 to the vendor: one TLS upstream speaking h2 and HTTP/1.1 (32 connections, memory store, warm token)');
+    L.push('');
+    const ids = R.h2.modes.map((m) => m.id);
+    row(['payload', ...R.h2.modes.flatMap((m) => [`${m.id} req/s`, `${m.id} CPU-s / 10k`, `${m.id} p99 ms`])]);
+    row(['---', ...ids.flatMap(() => ['---:', '---:', '---:'])]);
+    for (const d of R.h2.rows) row([d.label, ...ids.flatMap((id) => [f0(d.by[id].rps), f2(d.by[id].cpu), f2(d.by[id].p99)])]);
+    L.push('');
+    L.push(`Upstream TLS connections each sidecar opened during its warm-up (32 app connections): ${R.h2.modes.map((m) => `${m.label}: ${m.conns.h2} h2 + ${m.conns.h1} HTTP/1.1`).join('; ')}.`);
+    L.push('');
+    L.push('Method: three sidecar processes from the same build, one route each to the same upstream (`bench/targets/upstream-h2.mjs`, node:http2 with `allowHTTP1`, a P-256 certificate made with openssl, on CPU 0 with wrk and the token endpoint), differing only in `http2`. Interleaved repetitions, medians; the sidecar under test pinned to CPU 1.');
+    L.push('');
+  }
+
   if (R.cluster64?.tokenCalls !== undefined) {
     const C = R.cluster64;
     goals.push([`fleet token calls on a ${C.masters}-master Redis Cluster (N = ${C.n}, cold burst)`, '1', String(C.tokenCalls), verdict(C.tokenCalls === 1)]);
@@ -1271,6 +1348,20 @@ function report(R) {
     }
     L.push('');
     L.push('Method: two sidecar processes from the same build, one route each, the same token endpoint (which answers `token_type: DPoP` to a request with a proof); the DPoP route has `dpop: {}` (a key of its own, ES256), so every vendor request carries a fresh proof with `jti`, `iat`, `htm`, `htu` and `ath`, signed with node:crypto. Interleaved repetitions, medians; pinned like the matrix.');
+    L.push('');
+  }
+
+  if (R.h2?.rows?.length) {
+    L.push('## HTTP/2 to the vendor: one TLS upstream speaking h2 and HTTP/1.1 (32 connections, memory store, warm token)');
+    L.push('');
+    const ids = R.h2.modes.map((m) => m.id);
+    row(['payload', ...R.h2.modes.flatMap((m) => [`${m.id} req/s`, `${m.id} CPU-s / 10k`, `${m.id} p99 ms`])]);
+    row(['---', ...ids.flatMap(() => ['---:', '---:', '---:'])]);
+    for (const d of R.h2.rows) row([d.label, ...ids.flatMap((id) => [f0(d.by[id].rps), f2(d.by[id].cpu), f2(d.by[id].p99)])]);
+    L.push('');
+    L.push(`Upstream TLS connections each sidecar opened during its warm-up (32 app connections): ${R.h2.modes.map((m) => `${m.label}: ${m.conns.h2} h2 + ${m.conns.h1} HTTP/1.1`).join('; ')}.`);
+    L.push('');
+    L.push('Method: three sidecar processes from the same build, one route each to the same upstream (`bench/targets/upstream-h2.mjs`, node:http2 with `allowHTTP1`, a P-256 certificate made with openssl, on CPU 0 with wrk and the token endpoint), differing only in `http2`. Interleaved repetitions, medians; the sidecar under test pinned to CPU 1.');
     L.push('');
   }
 

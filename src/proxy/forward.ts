@@ -9,7 +9,8 @@
  * of the allocations of a forwarded request.
  */
 import type { IncomingMessage } from 'node:http';
-import { Pool } from 'undici';
+import type { TLSSocket } from 'node:tls';
+import { buildConnector, Pool } from 'undici';
 import type { Route } from '../config/types.js';
 import { SidecarError } from '../core/errors.js';
 import { downstreamResponseHeaders } from './headers.js';
@@ -105,16 +106,7 @@ export class Forwarder {
     const key = poolKey(route);
     let pool = this.#pools.get(key);
     if (!pool) {
-      const tls = route.upstreamTls;
-      pool = new Pool(route.upstreamOrigin, {
-        connect: {
-          timeout: route.timeouts.connectMs,
-          ...(tls ? { ca: tls.ca, cert: tls.cert, key: tls.key?.reveal(), servername: tls.servername } : {}),
-        },
-        headersTimeout: route.timeouts.responseMs,
-        bodyTimeout: route.timeouts.idleMs,
-        keepAliveTimeout: 30_000,
-      });
+      pool = new Pool(route.upstreamOrigin, poolOptions(route));
       this.#pools.set(key, pool);
     }
     this.#byRoute.set(route, pool);
@@ -125,7 +117,8 @@ export class Forwarder {
   send(route: Route, call: UpstreamCall, extraHeaders: readonly string[] | undefined, listener: UpstreamListener): UpstreamExchange {
     const reader = new UpstreamReader(route, extraHeaders, listener);
     // dispatch() reports every failure, a synchronous one included, through reader.onError.
-    this.poolFor(route).dispatch({ path: call.path, method: call.method, headers: call.headers, body: call.body }, reader);
+    const h2 = route.http2 === true;
+    this.poolFor(route).dispatch({ path: call.path, method: call.method, headers: call.headers, body: call.body, ...(h2 ? H2_DISPATCH : {}) }, reader);
     return reader;
   }
 
@@ -146,9 +139,48 @@ export class Forwarder {
   }
 }
 
+/**
+ * undici gates h2 streams by `pipelining` (1 by default: one stream per connection) and will not put a non-idempotent
+ * request beside others on a session, "since it cannot be retried". It never retries any request, so on an h2-only pool
+ * every request is marked idempotent: a POST is then multiplexed like a GET. A failed one still goes back to the app.
+ */
+const H2_DISPATCH = { idempotent: true } as const;
+/** Streams per connection the pool opens before it uses another (a vendor's SETTINGS may allow fewer). */
+const H2_STREAMS_PER_CONNECTION = 100;
+/** Caps the cold-burst fan-out: without it, every request made while the first TLS handshake runs opens its own. */
+const H2_CONNECTIONS = 4;
+
+function poolOptions(route: Route): Pool.Options {
+  const tls = route.upstreamTls;
+  const connect = {
+    timeout: route.timeouts.connectMs,
+    ...(tls ? { ca: tls.ca, cert: tls.cert, key: tls.key?.reveal(), servername: tls.servername } : {}),
+  };
+  const common = {
+    headersTimeout: route.timeouts.responseMs,
+    bodyTimeout: route.streaming ? 0 : route.timeouts.idleMs,
+    keepAliveTimeout: 30_000,
+  };
+  if (route.http2 === false) return { ...common, connect };
+  // ALPN offers h2 and http/1.1 (RFC 7301); plain http never uses h2 (no h2c upstream).
+  if (route.http2 === 'auto') return { ...common, connect, allowH2: true };
+  // `true`: the vendor speaks h2, so the pool multiplexes. HTTP/1.1 is refused rather than pipelined, which is what
+  // these settings would otherwise do on an h1 connection.
+  const base = buildConnector({ ...connect, allowH2: true });
+  const requireH2: buildConnector.connector = (opts, callback) =>
+    base(opts, (err, socket) => {
+      if (err || !socket) return callback(err ?? new Error('no socket'), null);
+      if ((socket as TLSSocket).alpnProtocol === 'h2') return callback(null, socket);
+      socket.destroy();
+      const chose = (socket as TLSSocket).alpnProtocol || 'no ALPN';
+      callback(new SidecarError('UPSTREAM_UNREACHABLE', `${route.upstreamOrigin} did not agree to HTTP/2 (ALPN: ${chose}); set http2: auto or false on this route`, { route: route.name }), null);
+    });
+  return { ...common, connect: requireH2, allowH2: true, pipelining: H2_STREAMS_PER_CONNECTION, connections: H2_CONNECTIONS };
+}
+
 function poolKey(route: Route): string {
   const tls = route.upstreamTls;
-  return JSON.stringify([route.upstreamOrigin, route.timeouts, tls?.ca, tls?.cert, tls?.key?.reveal(), tls?.servername]);
+  return JSON.stringify([route.upstreamOrigin, route.http2, route.streaming, route.timeouts, tls?.ca, tls?.cert, tls?.key?.reveal(), tls?.servername]);
 }
 
 const noop = (): void => undefined;
