@@ -2,13 +2,11 @@
  * The running sidecar: one config → token keeping (wiring.ts), forwarder, the app listener and the admin listener. The CLI runs
  * one of these per process; tests run them in-process or as child processes.
  */
-import { createServer, type IncomingMessage, type Server, type ServerOptions } from 'node:http';
-import type { Duplex } from 'node:stream';
+import { createServer, type Server, type ServerOptions } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Pool } from 'undici';
 import type { Config, ListenerLimitsConfig } from './config/types.js';
 import type { Logger } from './log.js';
-import { SidecarError } from './core/errors.js';
 import type { TokenFetcher } from './oauth/client.js';
 import type { TokenStore } from './store/store.js';
 import type { TokenManager } from './tokens/manager.js';
@@ -16,8 +14,9 @@ import { createTokenKeeping, type TokenKeeping } from './wiring.js';
 import { Forwarder } from './proxy/forward.js';
 import { buildRouteTable } from './proxy/match.js';
 import { ProxyHandler } from './proxy/server.js';
+import { tunnelHandler } from './proxy/tunnel.js';
 import type { AccessLog } from './proxy/access-log.js';
-import { answerClientError, sendErrorOnSocket } from './http/problem.js';
+import { answerClientError } from './http/problem.js';
 import { createAdminServer, type Readiness } from './admin/server.js';
 import { adminApi } from './admin/api.js';
 import { Metrics } from './admin/metrics.js';
@@ -34,8 +33,6 @@ export const DROPPED_LOG_INTERVAL_MS = 10_000;
 export interface ListenerLimits extends ListenerLimitsConfig {
   timeoutCheckIntervalMs: number;
 }
-
-const TUNNEL_ALLOW = 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS';
 
 export interface SidecarOptions {
   config: Config;
@@ -100,8 +97,9 @@ export class Sidecar {
     // RFC 9110 §10.1.1: a client that sent `Expect: 100-continue` waits before sending its body; the exchange sends
     // 100 only once it will read the body, so an unmatched or refused request is answered without the upload.
     proxyServer.on('checkContinue', handler.handleExpectContinue);
-    proxyServer.on('connect', refuseTunnel);
+    proxyServer.on('connect', tunnelHandler(proxyServer, handler.currentTable, log));
     proxyServer.on('clientError', answerClientError);
+    proxyServer.on('upgrade', handler.upgradeListener(proxyServer));
     guardConnections(proxyServer, proxyLimits, log, 'listen');
     let sidecar: Sidecar | undefined;
     const api = adminApi({ metrics, manager, routes: () => sidecar?.config.routes ?? config.routes });
@@ -171,6 +169,9 @@ export class Sidecar {
   /** Stop accepting, let in-flight requests finish (bounded), then release everything. */
   async stop(drainTimeoutMs = this.#config.drainTimeoutMs): Promise<void> {
     this.#draining = true;
+    // Upgraded sockets (WebSocket) are no longer the server's: closeAllConnections() never reaches them, and close()
+    // would wait for them. Closed at once, so the app reconnects (to a pod that is not leaving).
+    this.handler.closeUpgrades();
     await closeGracefully(this.proxyServer, drainTimeoutMs);
     await closeGracefully(this.adminServer, 0);
     await Promise.allSettled([this.forwarder.close(), this.keeping.close()]);
@@ -219,14 +220,6 @@ function guardConnections(server: Server, limits: ListenerLimits, log: Logger, l
     log.warn({ event: 'connections.dropped', listener, dropped, maxConnections: limits.maxConnections }, `${listener}: connection refused, at maxConnections`);
     dropped = 0;
   });
-}
-
-/**
- * CONNECT: a token cannot be added inside a tunnel. Node hands the socket over with no error listener of its own, so
- * sendErrorOnSocket gives it one: a client that resets (curl does, right after reading the 405) must not end the process.
- */
-function refuseTunnel(_req: IncomingMessage, socket: Duplex): void {
-  sendErrorOnSocket(socket, new SidecarError('TUNNEL_NOT_SUPPORTED', 'CONNECT is not supported: call http:// and the sidecar opens TLS to the vendor', { allow: TUNNEL_ALLOW }));
 }
 
 function urlOf(server: Server): string {

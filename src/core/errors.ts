@@ -7,6 +7,8 @@ export type ErrorCode =
   | 'ROUTE_NOT_FOUND'
   | 'BAD_REQUEST'
   | 'TUNNEL_NOT_SUPPORTED'
+  /** `Upgrade: websocket` on a route without `websocket: true` (docs/streaming.md). */
+  | 'UPGRADE_NOT_ALLOWED'
   | 'TOKEN_UNAVAILABLE'
   | 'TOKEN_REJECTED'
   | 'UPSTREAM_UNREACHABLE'
@@ -30,6 +32,9 @@ const CODES: Readonly<Record<ErrorCode, CodeFacts>> = {
   ROUTE_NOT_FOUND: { status: 404, title: 'No route matches this request' },
   BAD_REQUEST: { status: 400, title: 'Malformed request' },
   TUNNEL_NOT_SUPPORTED: { status: 405, title: 'CONNECT tunnels are not supported' },
+  // 400, not 426: 426 asks the client to upgrade (RFC 9110 §15.5.22, with an Upgrade header naming the protocol),
+  // the opposite of this refusal. The request is fine as HTTP; the route's setting is what refuses it.
+  UPGRADE_NOT_ALLOWED: { status: 400, title: 'WebSocket upgrades are not allowed on this route' },
   TOKEN_UNAVAILABLE: { status: 503, title: 'No valid access token is available' },
   TOKEN_REJECTED: { status: 502, title: 'The token endpoint rejected the credentials' },
   UPSTREAM_UNREACHABLE: { status: 502, title: 'The upstream could not be reached' },

@@ -66,7 +66,7 @@ function ignoreSocketError(): void {}
  * Write a last answer and close. The client may reset at any moment (before, while or after this writes): on a socket
  * Node handed over (CONNECT) nobody else listens for 'error', and an unhandled one ends the process.
  */
-function endWith(socket: Duplex, answer: string): void {
+function endWith(socket: Duplex, answer: string | Buffer): void {
   socket.on('error', ignoreSocketError);
   if (socket.destroyed) return;
   if (!socket.writable) {
@@ -86,6 +86,27 @@ function endWith(socket: Duplex, answer: string): void {
 const REQUEST_TIMEOUT_408 = 'HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n';
 const HEADERS_TOO_LARGE_431 = 'HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n\r\n';
 const CONTENT_TOO_LARGE_413 = 'HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\n\r\n';
+
+/**
+ * The answer to h2c with prior knowledge, in HTTP/2 itself: the server preface (an empty SETTINGS frame, RFC 9113
+ * §3.4), then GOAWAY with HTTP_1_1_REQUIRED (§7, code 0xd) and a reason as debug data, which curl, Node's http2 and
+ * nghttp2-based clients report. The app listener speaks HTTP/1.1 only (docs/clients.md).
+ */
+const H2C_REFUSAL = h2cRefusal('token-sidecar speaks HTTP/1.1 on this port: call it without HTTP/2 (no --http2-prior-knowledge, no h2c)');
+
+function h2cRefusal(reason: string): Buffer {
+  const debug = Buffer.from(reason, 'latin1');
+  const frame = (type: number, payload: Buffer): Buffer => {
+    const head = Buffer.alloc(9);
+    head.writeUIntBE(payload.length, 0, 3);
+    head[3] = type;
+    return Buffer.concat([head, payload]);
+  };
+  const goaway = Buffer.alloc(8);
+  goaway.writeUInt32BE(0, 0); // last stream id: none was processed
+  goaway.writeUInt32BE(0xd, 4); // HTTP_1_1_REQUIRED
+  return Buffer.concat([frame(0x4, Buffer.alloc(0)), frame(0x7, Buffer.concat([goaway, debug]))]);
+}
 
 /** The part of Node's socket state that says whether an answer on it has started (what Node's own default checks). */
 interface HttpSocket extends Duplex {
@@ -112,6 +133,9 @@ export function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): v
       return endWith(socket, HEADERS_TOO_LARGE_431);
     case 'HPE_CHUNK_EXTENSIONS_OVERFLOW':
       return endWith(socket, CONTENT_TOO_LARGE_413);
+    case 'HPE_PAUSED_H2_UPGRADE':
+      // `PRI * HTTP/2.0`: h2c with prior knowledge. An HTTP/1.1 answer reads as an empty reply to an h2 client.
+      return endWith(socket, H2C_REFUSAL);
     default:
       return sendErrorOnSocket(socket, new SidecarError('BAD_REQUEST', `malformed HTTP request (${err.code ?? 'parse error'})`));
   }

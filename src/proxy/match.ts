@@ -86,6 +86,11 @@ function candidatesFor(table: RouteTable, host: string | undefined, absolute: bo
   return hostRoutes ? [...hostRoutes, ...table.anyHost] : table.anyHost;
 }
 
+/** Whether a host route serves `host` (`name` or `name:port`, lowercase), by the rule requests are matched with. */
+export function hasHostRoute(table: RouteTable, host: string): boolean {
+  return hostMatches(table, host) !== undefined;
+}
+
 function hostMatches(table: RouteTable, host: string): readonly CompiledRoute[] | undefined {
   const exact = table.byHost.get(host);
   if (exact) return exact;

@@ -3,7 +3,7 @@
  * the vendor's, or a problem+json from http/problem.ts, and the exchange is the only writer of that response. The route table and routes are read once per request from
  * an immutable snapshot, so a hot reload never changes a request half-way.
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Logger } from '../log.js';
 import type { Route } from '../config/types.js';
 import { SidecarError, statusOf, toSidecarError } from '../core/errors.js';
@@ -17,6 +17,8 @@ import { requestIdGenerator } from './request-id.js';
 import { UpstreamDpop } from './dpop-upstream.js';
 import { matchRequest, type RouteTable } from './match.js';
 import { pinoAccessLog, type AccessLog } from './access-log.js';
+import { tunnelAuthority } from './tunnel.js';
+import { Upgrades, type UpgradeListener } from './upgrade.js';
 
 export interface ProxySnapshot {
   readonly table: RouteTable;
@@ -52,6 +54,7 @@ interface Deps {
 export class ProxyHandler {
   #snapshot: ProxySnapshot;
   readonly #deps: Deps;
+  readonly #upgrades: Upgrades;
   /** The injected header value per route, for its current token: formatted once per token, not per request. */
   readonly #injections = new WeakMap<Route, { token: Token; value: string }>();
 
@@ -74,11 +77,15 @@ export class ProxyHandler {
       },
     };
     this.#snapshot = snapshot;
+    this.#upgrades = new Upgrades(this.#deps, () => this.#snapshot.table, requestTarget);
   }
 
   setSnapshot(snapshot: ProxySnapshot): void {
     this.#snapshot = snapshot;
   }
+
+  /** The route table requests are matched against now (a tunnel is accepted only for a host it serves). */
+  readonly currentTable = (): RouteTable => this.#snapshot.table;
 
   readonly handle = (req: IncomingMessage, res: ServerResponse): void => {
     new Exchange(this.#deps, this.#snapshot, req, res, false).start();
@@ -92,6 +99,16 @@ export class ProxyHandler {
   readonly handleExpectContinue = (req: IncomingMessage, res: ServerResponse): void => {
     new Exchange(this.#deps, this.#snapshot, req, res, true).start();
   };
+
+  /** The server's 'upgrade' listener: WebSocket through a route (upgrade.ts); other upgrades are served as HTTP/1.1. */
+  upgradeListener(server: Server): UpgradeListener {
+    return this.#upgrades.listener(server);
+  }
+
+  /** Close every upgraded connection: at shutdown, since the server's closeAllConnections() does not reach them. */
+  closeUpgrades(): void {
+    this.#upgrades.closeAll();
+  }
 }
 
 /**
@@ -145,7 +162,7 @@ class Exchange implements UpstreamListener {
     this.res.on('close', this.#onClose);
     try {
       if (countHostHeaders(this.req.rawHeaders) > 1) throw new SidecarError('BAD_REQUEST', 'more than one Host header (RFC 9112 §3.2)');
-      const match = matchRequest(this.snapshot.table, this.req.method ?? 'GET', this.req.url ?? '/', this.req.headers.host);
+      const match = matchRequest(this.snapshot.table, this.req.method ?? 'GET', requestTarget(this.req), this.req.headers.host);
       const route = (this.#route = match.route);
       this.#path = match.path;
       if (route.auth.type === 'static') {
@@ -326,4 +343,11 @@ class Exchange implements UpstreamListener {
       requestId: this.#requestId,
     });
   }
+}
+
+/** Inside an accepted CONNECT tunnel, an origin-form target is read as absolute-form to the tunnel's host (RFC 9112 §3.2.2). */
+function requestTarget(req: IncomingMessage): string {
+  const url = req.url ?? '/';
+  const authority = tunnelAuthority(req.socket);
+  return authority !== undefined && url.startsWith('/') ? `http://${authority}${url}` : url;
 }
