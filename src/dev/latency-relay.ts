@@ -22,8 +22,18 @@ export interface LatencyRelay {
    * time, and none overtakes an earlier one when the delay shrinks.
    */
   setDelay(ms: number): void;
+  /**
+   * Slow drip: from now on every chunk (both directions) is cut into `bytes`-sized pieces sent `everyMs` apart, on top
+   * of the delay: a server that answers, but a trickle at a time (a saturated link, a swapping host). `undefined` stops it.
+   */
+  setDrip(drip: Drip | undefined): void;
   /** Stop accepting and destroy every open connection, both sides. */
   close(): Promise<void>;
+}
+
+export interface Drip {
+  bytes: number;
+  everyMs: number;
 }
 
 export interface LatencyRelayOptions {
@@ -50,16 +60,22 @@ class Lane {
   #pausedSource = false;
   /** A FIN or reset is queued: nothing may follow it. */
   #ended = false;
+  /** Due time of the last piece queued: a dripped piece is due `everyMs` after the one before it. */
+  #lastDueMs = 0;
 
   constructor(
     private readonly from: net.Socket,
     private readonly to: net.Socket,
     private readonly delay: () => number,
+    private readonly drip: () => Drip | undefined,
   ) {}
 
   data(chunk: Buffer): void {
     if (this.#ended) return;
-    this.#queue.push({ kind: 'data', chunk, dueMs: performance.now() + this.delay() });
+    const dueMs = performance.now() + this.delay();
+    const drip = this.drip();
+    if (!drip) this.#push(chunk, Math.max(dueMs, this.#lastDueMs));
+    else for (let at = 0; at < chunk.length; at += drip.bytes) this.#push(chunk.subarray(at, at + drip.bytes), Math.max(dueMs, this.#lastDueMs + drip.everyMs));
     this.#queuedBytes += chunk.length;
     if (this.#queuedBytes > HIGH_WATER_BYTES && !this.#pausedSource) {
       this.#pausedSource = true;
@@ -68,11 +84,16 @@ class Lane {
     this.#pump();
   }
 
+  #push(chunk: Buffer, dueMs: number): void {
+    this.#queue.push({ kind: 'data', chunk, dueMs });
+    this.#lastDueMs = dueMs;
+  }
+
   /** The source half-closed (`fin`) or broke (`reset`): passed on after the data sent before it, like a real FIN. */
   end(how: 'fin' | 'reset'): void {
     if (this.#ended) return;
     this.#ended = true;
-    this.#queue.push({ kind: how, dueMs: performance.now() + this.delay() });
+    this.#queue.push({ kind: how, dueMs: Math.max(performance.now() + this.delay(), this.#lastDueMs) });
     this.#pump();
   }
 
@@ -135,6 +156,8 @@ export async function startLatencyRelay(opts: LatencyRelayOptions): Promise<Late
   const clients = new Set<net.Socket>();
   const lanes = new Set<Lane>();
   const delay = () => delayMs;
+  let drip: Drip | undefined;
+  const dripping = () => drip;
 
   // allowHalfOpen on both sides: a client's FIN must reach the target as a FIN (after the data before it), not
   // close the pair at once, and the target may still answer on the other half.
@@ -143,8 +166,8 @@ export async function startLatencyRelay(opts: LatencyRelayOptions): Promise<Late
     // Connected at once: the relay delays data and closes, not the TCP handshake (a client's connect timeout is
     // not what these tests are about).
     const target = net.connect({ host: opts.host, port: opts.port, allowHalfOpen: true, noDelay: true });
-    const up = new Lane(client, target, delay);
-    const down = new Lane(target, client, delay);
+    const up = new Lane(client, target, delay, dripping);
+    const down = new Lane(target, client, delay, dripping);
     clients.add(client);
     for (const s of [client, target]) sockets.add(s);
     for (const l of [up, down]) lanes.add(l);
@@ -197,6 +220,12 @@ export async function startLatencyRelay(opts: LatencyRelayOptions): Promise<Late
     },
     setDelay(ms: number) {
       delayMs = validDelay(ms);
+    },
+    setDrip(d: Drip | undefined) {
+      if (d && !(Number.isInteger(d.bytes) && d.bytes >= 1 && Number.isFinite(d.everyMs) && d.everyMs >= 0)) {
+        throw new Error(`latency relay: drip needs whole bytes >= 1 and everyMs >= 0, got ${JSON.stringify(d)}`);
+      }
+      drip = d;
     },
     close: () =>
       (closing ??= new Promise<void>((resolve) => {

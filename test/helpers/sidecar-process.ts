@@ -6,6 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { recordLines } from './log-capture.js';
 
 const CLI = resolve(import.meta.dirname, '../../dist/token-sidecar.mjs');
 
@@ -45,6 +46,7 @@ export async function startSidecarProcess(configFile: string, env: Record<string
     const timer = setTimeout(() => rej(new Error(`sidecar did not start in ${startTimeoutMs} ms:\n${lines.join('\n')}`)), startTimeoutMs);
     const onLine = (line: string) => {
       lines.push(line);
+      recordLines(line);
       if (!line.includes('"event":"listening"')) return;
       const parsed = JSON.parse(line) as { proxy: string; admin: string };
       clearTimeout(timer);

@@ -19,6 +19,7 @@ import { Sidecar } from '../../src/sidecar.js';
 import { makeCerts, type Certs } from '../helpers/certs.js';
 import { generateTestKeyPair, startOidcProvider, type OidcProviderHandle, type TestKeyPair } from '../helpers/oidc.js';
 import { startVendor, type VendorHandle } from '../helpers/vendor.js';
+import { capturingDestination } from '../helpers/log-capture.js';
 
 const RESOURCE = 'https://api.vendor.test';
 type Json = Record<string, unknown>;
@@ -62,7 +63,7 @@ async function startSidecar(routes: Json[]): Promise<Started> {
   const loaded = await loadConfigText(stringify({ version: 1, listen: '127.0.0.1:0', admin: '127.0.0.1:0', drainTimeout: '1s', routes }), { baseDir: dir });
   if (!loaded.ok) throw new Error(loaded.problems.join('\n'));
   const lines: string[] = [];
-  const log = createLogger({ level: 'debug', destination: { write: (line: string) => void lines.push(line) } });
+  const log = createLogger({ level: 'debug', destination: capturingDestination(lines) });
   const sidecar = await Sidecar.start({ config: loaded.config, log });
   running.push({ close: () => sidecar.stop(200) });
   const s = { sidecar, proxy: sidecar.proxyUrl, admin: sidecar.adminUrl, lines, warnings: loaded.warnings };

@@ -16,6 +16,7 @@ import { fingerprintOf } from '../../src/core/token.js';
 import { startRedis, type RedisServer } from '../helpers/redis.js';
 import { startSidecarProcess, type SidecarProcess } from '../helpers/sidecar-process.js';
 import { waitUntil } from '../helpers/wait.js';
+import { recordLines } from '../helpers/log-capture.js';
 
 const SECRET = `s3cr3t-${randomBytes(6).toString('hex')}`;
 const agent = new Agent({ connections: 32 });
@@ -51,7 +52,7 @@ function routeYaml(opts: { name?: string; upstream?: string; clientId?: string; 
 async function inProcess(routes: string, lines: string[]): Promise<Sidecar> {
   const loaded = await loadConfigText(`version: 1\nlisten: 127.0.0.1:0\nadmin: 127.0.0.1:0\nroutes:${routes}\n`);
   if (!loaded.ok) throw new Error(loaded.problems.join('\n'));
-  const log = createLogger({ level: 'debug', destination: new Writable({ write: (c: Buffer, _e, done) => (lines.push(c.toString()), done()) }) });
+  const log = createLogger({ level: 'debug', destination: new Writable({ write: (c: Buffer, _e, done) => (lines.push(c.toString()), recordLines(c.toString()), done()) }) });
   const sidecar = await Sidecar.start({ config: loaded.config, log });
   cleanups.push(() => sidecar.stop(100));
   return sidecar;

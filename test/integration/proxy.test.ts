@@ -16,6 +16,7 @@ import { startFakeIdp, type FakeIdp } from '../../src/dev/fake-idp.js';
 import { createLogger } from '../../src/log.js';
 import { Sidecar } from '../../src/sidecar.js';
 import { fingerprintOf } from '../../src/core/token.js';
+import { recordLines } from '../helpers/log-capture.js';
 
 const CLIENT_ID = 'proxy-test-client';
 const CLIENT_SECRET = 'Pr0xy-Test-Client-Secret-7781';
@@ -97,6 +98,7 @@ async function sidecarWith(routes: Json[]): Promise<{ sidecar: Sidecar; base: st
       write: (line: string) => {
         lines.push(line);
         logLines.push(line);
+        recordLines(line);
       },
     },
   });

@@ -101,6 +101,33 @@ describe('latency relay', () => {
     }
   });
 
+  it('slow drip: bytes trickle in pieces, in order, at the set pace, both ways', async () => {
+    const relay = await startLatencyRelay({ host: '127.0.0.1', port: echoPort, delayMs: 0 });
+    try {
+      const s = await connect(relay.port);
+      relay.setDrip({ bytes: 4, everyMs: 10 });
+      const pieces: number[] = [];
+      s.on('data', (b: Buffer) => pieces.push(b.length));
+      const t0 = performance.now();
+      const payload = Buffer.from('0123456789abcdefghijklmnopqrstuv'); // 32 B: 8 pieces up, 8 down
+      s.write(payload);
+      expect((await readBytes(s, payload.length)).toString()).toBe(payload.toString());
+      const elapsedMs = performance.now() - t0;
+      // 8 pieces each way, 10 ms apart: the echo sends each piece back as it comes, so about 8 × 10 ms in all.
+      expect(elapsedMs).toBeGreaterThanOrEqual(70);
+      expect(Math.max(...pieces)).toBeLessThanOrEqual(4);
+      relay.setDrip(undefined);
+      const t1 = performance.now();
+      s.write(payload);
+      await readBytes(s, payload.length);
+      expect(performance.now() - t1).toBeLessThan(60);
+      expect(() => relay.setDrip({ bytes: 0, everyMs: 1 })).toThrow(/drip/);
+      s.destroy();
+    } finally {
+      await relay.close();
+    }
+  });
+
   it('a FIN and a reset reach the other side (after the delay); close() ends everything', async () => {
     const relay = await startLatencyRelay({ host: '127.0.0.1', port: echoPort, delayMs: 30 });
     const resetter = net.createServer((s) => setTimeout(() => s.resetAndDestroy(), 20));

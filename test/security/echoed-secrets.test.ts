@@ -17,6 +17,7 @@ import { startFakeIdp, type FakeIdp } from '../../src/dev/fake-idp.js';
 import { createLogger } from '../../src/log.js';
 import { formEncode } from '../../src/oauth/redact.js';
 import { Sidecar } from '../../src/sidecar.js';
+import { capturingDestination } from '../helpers/log-capture.js';
 
 const CLIENT_ID = 'echo-client';
 /** Characters that every encoding spells differently: space, +, /, &, =, % and a non-ASCII one. */
@@ -72,7 +73,7 @@ describe('a token endpoint that echoes what it received', () => {
       const loaded = await loadConfigText(yaml, { env: { ECHO_TEST_SECRET: SECRET } });
       if (!loaded.ok) throw new Error(loaded.problems.join('\n'));
       const lines: string[] = [];
-      const log = createLogger({ level: 'debug', destination: { write: (l: string) => void lines.push(l) } });
+      const log = createLogger({ level: 'debug', destination: capturingDestination(lines) });
       const sidecar = await Sidecar.start({ config: loaded.config, log });
       cleanups.push(() => sidecar.stop(0));
 

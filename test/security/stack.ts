@@ -8,6 +8,7 @@ import { startEchoVendor, type EchoVendor } from '../../src/dev/echo-vendor.js';
 import { startFakeIdp, type FakeIdp } from '../../src/dev/fake-idp.js';
 import { createLogger } from '../../src/log.js';
 import { Sidecar, type SidecarOptions } from '../../src/sidecar.js';
+import { capturingDestination } from '../helpers/log-capture.js';
 
 export const CLIENT_ID = 'stack-client';
 export const SECRET = 'St4ck-Test-Secret-9102';
@@ -43,7 +44,7 @@ export async function startStack(
   const loaded = await loadConfigText(stringify({ version: 1, listen: '127.0.0.1:0', admin: '127.0.0.1:0', drainTimeout: '1s', routes }));
   if (!loaded.ok) throw new Error(loaded.problems.join('\n'));
   const lines: string[] = [];
-  const log = createLogger({ level: 'debug', destination: { write: (line: string) => void lines.push(line) } });
+  const log = createLogger({ level: 'debug', destination: capturingDestination(lines) });
   const sidecar = await Sidecar.start({ config: loaded.config, log, ...(opts.limits ? { limits: opts.limits } : {}) });
   return {
     idp,

@@ -9,6 +9,7 @@ import { TokenManager, type TokenObserver } from '../../src/tokens/manager.js';
 import { REJECTED_CACHE_MS, UNAUTHORIZED_REFRESH_INTERVAL_MS } from '../../src/tokens/policy.js';
 import { makeToken, type Token } from '../../src/core/token.js';
 import { ManualClock, settle } from '../helpers/clock.js';
+import { capturingDestination } from '../helpers/log-capture.js';
 
 const T0 = 1_800_000_000_000;
 const LIFETIME_MS = 100_000; // refreshAhead 20% with random() = 0: refresh due 20 s before expiry; skew 5 s
@@ -90,7 +91,7 @@ function newManager(observer?: TokenObserver): TokenManager {
   return new TokenManager({
     store: new MemoryStore(clock.now),
     fetcher,
-    log: createLogger({ level: 'debug', destination: { write: (line: string) => void logLines.push(line) } }),
+    log: createLogger({ level: 'debug', destination: capturingDestination(logLines) }),
     now: clock.now,
     timers: clock,
     random: () => 0,
