@@ -3,7 +3,11 @@
 // node_modules was most of the start-up time: bundled, process start to ready measured ~28 % shorter (362 → 261 ms,
 // docs/kubernetes.md). pino stays outside: its transports (pino-pretty on a terminal) run in worker threads that load
 // files from pino's own folder, so it is resolved from node_modules as usual.
+import { rmSync } from 'node:fs';
 import { build } from 'esbuild';
+
+// Chunk names carry a content hash: without this, every build leaves the last one's chunks behind in the image.
+rmSync('dist/chunks', { recursive: true, force: true });
 
 await build({
   entryPoints: { 'token-sidecar': 'dist/cli/main.js' },

@@ -4,7 +4,7 @@
  */
 import { createServer, type Server, type ServerOptions } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { Pool } from 'undici';
+import { Pool } from './http/undici.js';
 import type { Config, ListenerLimitsConfig } from './config/types.js';
 import type { Logger } from './log.js';
 import type { TokenFetcher } from './oauth/client.js';

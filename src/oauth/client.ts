@@ -3,7 +3,7 @@
  * DPoP proof when the route asks for one. One Agent per distinct TLS setup, so mTLS to a token endpoint (RFC 8705)
  * and plain TLS never share connections. Answers are read bounded and parsed by response.ts.
  */
-import { Agent, request, type Dispatcher } from 'undici';
+import { Agent, type Dispatcher } from '../http/undici.js';
 import type { OAuth2Auth, TlsMaterial } from '../config/types.js';
 import type { Token } from '../core/token.js';
 import { TokenEndpointError } from '../core/errors.js';
@@ -73,11 +73,12 @@ export class OAuthClient implements TokenFetcher {
       sent.push(proof);
     }
     try {
-      const res = await request(auth.tokenUrl, {
+      const res = await this.#agentFor(auth.tls).request({
+        origin: auth.tokenUrl.origin,
+        path: `${auth.tokenUrl.pathname}${auth.tokenUrl.search}`,
         method: 'POST',
         headers,
         body,
-        dispatcher: this.#agentFor(auth.tls),
         signal: AbortSignal.timeout(auth.timeoutMs),
         headersTimeout: auth.timeoutMs,
         bodyTimeout: auth.timeoutMs,

@@ -10,7 +10,7 @@
  */
 import type { IncomingMessage } from 'node:http';
 import type { TLSSocket } from 'node:tls';
-import { buildConnector, Pool } from 'undici';
+import { buildConnector, Pool } from '../http/undici.js';
 import type { Route } from '../config/types.js';
 import { SidecarError } from '../core/errors.js';
 import { downstreamResponseHeaders } from './headers.js';

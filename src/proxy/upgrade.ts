@@ -16,7 +16,7 @@
  */
 import { STATUS_CODES, type IncomingMessage, type Server } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { Client } from 'undici';
+import { Client } from '../http/undici.js';
 import type { Route } from '../config/types.js';
 import { SidecarError, statusOf, toSidecarError } from '../core/errors.js';
 import type { Token } from '../core/token.js';
