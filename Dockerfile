@@ -46,9 +46,8 @@ COPY --from=build /src/dist ./dist
 ENV NODE_ENV=production
 # --max-semi-space-size=2 (MiB per young-generation semi-space): measured on our load test, peak RSS under load fell
 # from 114–135 MB to 85–105 MB with no loss of throughput (shared/notes/performance.md). The sidecar runs in every
-# pod, so RSS is the number that scales. --no-liftoff: without it idle RSS was 67 or 77 MB from one start to the
-# next (a background compile thread's glibc malloc arena, ~10 MB); with it 67 MB every time, same throughput
-# (bench/README.md). Both are refused in NODE_OPTIONS, so they live here; add your own flags in the pod's env.
+# pod, so RSS is the number that scales. Refused in NODE_OPTIONS, so it lives here; add your own flags in the pod's
+# env. --no-liftoff and --optimize-for-size were measured and not taken (bench/README.md, "Idle memory").
 
 # Numeric, so `runAsNonRoot: true` can be verified by the kubelet without an /etc/passwd lookup.
 USER 10001:10001
@@ -58,5 +57,5 @@ EXPOSE 15080 15081
 # children, so there are no zombies to reap. Under plain Docker use `docker run --init` if you want one anyway.
 STOPSIGNAL SIGTERM
 # The image writes nothing to its root file system, so it runs with --read-only / readOnlyRootFilesystem: true.
-ENTRYPOINT ["node", "--max-semi-space-size=2", "--no-liftoff", "/app/dist/token-sidecar.mjs"]
+ENTRYPOINT ["node", "--max-semi-space-size=2", "/app/dist/token-sidecar.mjs"]
 CMD ["start", "--config", "/etc/token-sidecar/routes.yaml"]

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // token-sidecar benchmark: the product side by side with its peers, same run, same pinning.
-//   npm run bench                      full run (≥ 3 interleaved repetitions of 8 s; < 15 min on 2 cores)
+//   npm run bench                      full run (≥ 3 interleaved repetitions of 8 s; ~24 min on 2 cores)
 //   node bench/run.mjs --quick         smoke check: 1 repetition, short runs (< 2.5 min)
 // Options: --report=FILE.json (rebuild the Markdown from saved results), --seconds=N --reps=N (override), --proto=DIST_DIR (add a second token-sidecar built from another dist/,
 //   e.g. a prototype, as its own target), --dist=DIR (run the product and the dev helpers from another build), --profile (also run token-sidecar under --cpu-prof and print its hottest
@@ -1320,7 +1320,7 @@ function report(R) {
       // Per 1 000 requests/s, from the 32-connection rows: vCPU = CPU-seconds per request × 1 000; memory = peak RSS
       // (a pod at that rate holds about its peak under load). Istio's published Envoy figure: 0.20 vCPU, 60 MB.
       const parts = products.map((t) => `${pname(t)}: ${PAYLOADS.map((p) => { const m = get(t, p.id, 32); return `${p.id} ${f3((m.cpuPer10k / 1e4) * 1e3)} vCPU, ${mb(m.peakRss)} MB`; }).join('; ')}`);
-      goals.push(['per 1 000 requests/s (32-connection rows)', "printed beside Istio's Envoy: 0.20 vCPU, 60 MB", parts.join(' | '), 'reported']);
+      goals.push(['per 1 000 requests/s (32-connection rows)', "printed beside Istio's Envoy: 0.20 vCPU, 60 MB", parts.join('; '), 'reported']);
     }
   }
   if (R.fleet.length) {

@@ -90,7 +90,7 @@ export const injectSettingsSchema = z
     allowImageOverride: z.boolean().default(false),
     /**
      * Modest defaults: the sidecar idles at ~67 MB RSS and peaked at 85–105 MB under load with the image's
-     * --max-semi-space-size=2 --no-liftoff (bench/README.md). No CPU limit by default: CFS throttling adds latency
+     * --max-semi-space-size=2 (bench/README.md). No CPU limit by default: CFS throttling adds latency
      * to every proxied request, and the request already reserves the sidecar's share.
      */
     resources: z
