@@ -441,7 +441,7 @@ async function main() {
   if (part('dpop')) results.dpop = await dpopPhase({ dir, upstream, idp, stats });
   if (part('h2')) results.h2 = await h2Phase({ dir, idp, stats });
   if (part('routes')) {
-    const ctx = { dir, upstream: upstream.origin, tokenUrl: idp.tokenUrl, entry: entryOf(DIST), nodeArgs: SHIPPED_NODE_ARGS, httpGet, waitFor, log, quick: QUICK, seconds: SECONDS };
+    const ctx = { dir, upstream: upstream.origin, tokenUrl: idp.tokenUrl, entry: entryOf(DIST), nodeArgs: SHIPPED_NODE_ARGS, httpGet, waitFor, median, log, quick: QUICK, seconds: SECONDS };
     results.routes = await routeSweepPhase(ctx);
   }
   if (part('cluster64', flag('with-cluster64'))) {

@@ -2,8 +2,8 @@
 // so its own token identity and store key. Per N: process start to /readyz 200 (median of 3), idle RSS, wrk at 32
 // connections on the middle and the last route (req/s, CPU-s per 10k requests, p99), SIGHUP-to-reloaded time
 // (median of 3; SIGHUP skips the 1 s poll of src/config/watch.ts, so this is the reload itself) and RSS after it.
-// Idle RSS is read twice: 1 s after ready and 12 s after ready (once V8's memory reducer has run).
-import { readFileSync, writeFileSync } from 'node:fs';
+// Idle RSS is read twice: 1 s and 12 s after ready (V8's memory reducer may have returned the config load's garbage).
+import { readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { freePort, rssSampler, sleep, startProcess, treeCpu, treePids, treeRss } from './procs.mjs';
 import { runWrk } from './wrk.mjs';
@@ -25,26 +25,20 @@ function sweepConfig({ n, upstream, tokenUrl, listen, admin, tag = 'a' }) {
   return `${lines.join('\n')}\n`;
 }
 
-const median = (xs) => {
-  const s = xs.filter(Number.isFinite).sort((a, b) => a - b);
-  return s.length ? s[Math.floor((s.length - 1) / 2)] : NaN;
-};
-
 const countEvents = (file, event) => readFileSync(file, 'utf8').split('\n').filter((l) => l.includes(`"event":"${event}"`)).length;
 
 /**
- * ctx: { dir, upstream (origin), tokenUrl, entry, nodeArgs (the shipped flags), httpGet, waitFor, log, quick, seconds }.
+ * ctx: { dir, upstream (origin), tokenUrl, entry, nodeArgs (the shipped flags), httpGet, waitFor, median, log, quick, seconds }.
  * Returns one row per N.
  */
 export async function routeSweepPhase(ctx) {
-  const { dir, upstream, tokenUrl, entry, nodeArgs, httpGet, waitFor, log, quick, seconds } = ctx;
-  const counts = quick ? [1, 100, 1000] : [1, 100, 1000];
-  const starts = quick ? 1 : 3;
+  const { dir, upstream, tokenUrl, entry, nodeArgs, httpGet, waitFor, median, log, quick, seconds } = ctx;
+  const reps = quick ? 1 : 3; // starts per N, and reloads of the last one
   const out = [];
-  for (const n of counts) {
+  for (const n of [1, 100, 1000]) {
     const row = { n, startMs: [], reloadMs: [] };
     let p;
-    for (let i = 0; i < starts; i++) {
+    for (let i = 0; i < reps; i++) {
       const [lp, ap] = [await freePort(), await freePort()];
       const name = `routes-${n}-${i}`;
       const cfgFile = join(dir, `${name}.yaml`);
@@ -55,7 +49,7 @@ export async function routeSweepPhase(ctx) {
       p = startProcess(name, 'node', [...nodeArgs, entry, 'start', '--config', cfgFile], { cpus: '1', cwd: dir, stdoutFile: logFile, env: { LOG_FORMAT: 'json', NODE_OPTIONS: '', BENCH_CLIENT_SECRET: 'demo-secret' } });
       await waitFor(async () => (await httpGet(`http://127.0.0.1:${ap}/readyz`)).status === 200, 30_000, `${name} ready`);
       row.startMs.push(performance.now() - t0);
-      if (i < starts - 1) {
+      if (i < reps - 1) {
         await p.stop();
         continue;
       }
@@ -63,7 +57,7 @@ export async function routeSweepPhase(ctx) {
       const proxy = `http://127.0.0.1:${lp}`;
       const pids = treePids(p.pid);
       // RSS 1 s after ready still holds the garbage of the config load (the YAML document and zod's work: ~20 MB of
-      // heap at 1 000 routes); V8's memory reducer gives it back a few seconds later, so both are reported.
+      // heap at 1 000 routes). V8's memory reducer may give it back seconds later, or not: both readings are reported.
       await sleep(1000);
       row.idleRss = treeRss(pids);
       await sleep(SETTLE_MS - 1000);
@@ -80,11 +74,11 @@ export async function routeSweepPhase(ctx) {
         const w = await runWrk({ url, connections: 32, seconds });
         const peak = sampler.stop();
         const cpu = treeCpu(pids) - cpu0;
-        truncateLog(logFile);
+        truncateSync(logFile, 0); // the per-request log would fill the disk and slow the reload's event count
         row.load.push({ route: r, which: r === n - 1 ? 'last' : 'middle', rps: w.rps, p99Ms: w.p99Ms, cpuPer10k: (cpu / w.requests) * 1e4, peakRss: peak, errors: w.errors });
         log(`  routes ${n}: r${pad(r)} ${w.rps.toFixed(0)} req/s p99 ${w.p99Ms.toFixed(2)} ms`);
       }
-      for (let k = 0; k < (quick ? 1 : 3); k++) {
+      for (let k = 0; k < reps; k++) {
         writeFileSync(cfgFile, sweepConfig({ n, upstream, tokenUrl, listen: `127.0.0.1:${lp}`, admin: `127.0.0.1:${ap}`, tag: `b${k}` }));
         const before = countEvents(logFile, 'config.reloaded');
         const t1 = performance.now();
@@ -106,16 +100,12 @@ export async function routeSweepPhase(ctx) {
   return out;
 }
 
-function truncateLog(file) {
-  writeFileSync(file, ''); // the per-request access log would otherwise fill the disk (and slow the event count)
-}
-
 /** Markdown for the sweep; fmt: { f0, f2, mb }. */
 export function routeSweepReport(rows, { f0, f2, mb }) {
   if (!rows?.length) return [];
   const L = [];
   L.push('## Route count (issue 19)', '');
-  L.push('One sidecar (memory store, pinned to one CPU, shipped flags) with N OAuth routes, each its own scope (so its own token). wrk at 32 connections on the middle and the last route; reload = SIGHUP with every scope changed, to the `config.reloaded` log line. RSS is read 1 s after ready (the config load\'s garbage still held) and 12 s after (once V8\'s memory reducer has returned it).', '');
+  L.push('One sidecar (memory store, pinned to one CPU, shipped flags) with N OAuth routes, each its own scope (so its own token). wrk at 32 connections on the middle and the last route; reload = SIGHUP with every scope changed, to the `config.reloaded` log line. RSS is read 1 s after ready (the config load\'s garbage still held) and 12 s after (V8\'s memory reducer may or may not have returned it by then).', '');
   L.push('| routes | start to ready ms (median) | RSS 1 s / 12 s after ready MB | route | req/s | CPU-s per 10k | p99 ms | peak RSS MB | reload ms (median) | RSS after reloads MB |');
   L.push('|---|---|---|---|---|---|---|---|---|---|');
   for (const r of rows) {
