@@ -48,6 +48,10 @@ const ONLY = opt('only')?.split(',');
 /** Whether a part runs: the ones named by --only, else every part of a full run (`inFull`). */
 const part = (name, inFull = true) => (ONLY ? ONLY.includes(name) : inFull);
 const PROTO_DIST = opt('proto');
+// --proto-env=NAME=VALUE[,…]: environment for the prototype only, over the shipped one (NAME= removes a shipped one).
+// --proto-args=FLAG[,…]: extra node flags for the prototype only (after the shipped ones).
+const PROTO_ARGS = opt('proto-args')?.split(',').filter(Boolean) ?? [];
+const PROTO_ENV = Object.fromEntries((opt('proto-env')?.split(',') ?? []).map((kv) => [kv.split('=')[0], kv.split('=').slice(1).join('=') || null]));
 const PROFILE = flag('profile');
 const DIST = resolve(opt('dist') ?? join(root, 'dist'));
 const PREFIX = '/bench';
@@ -78,6 +82,22 @@ const SHIPPED_NODE_ARGS = (() => {
 const SHIPPED_FLAGS = SHIPPED_NODE_ARGS.join(' ');
 // NODE_OPTIONS cleared for every Node target, so the bench's own environment adds nothing.
 const nodeArgv = (shipped, nodeArgs) => [...(shipped ? SHIPPED_NODE_ARGS : []), ...nodeArgs];
+// The environment the image ships (the Dockerfile's ENV lines, glibc's malloc tunables among them): every Node target
+// gets it too, as with the flags. A value of null in `env` removes a shipped variable (--proto-env=NAME=).
+const SHIPPED_ENV = (() => {
+  try {
+    const lines = readFileSync(join(root, 'Dockerfile'), 'utf8').match(/^ENV\s+.+$/gm) ?? [];
+    return Object.fromEntries(lines.flatMap((l) => l.replace(/^ENV\s+/, '').split(/\s+/)).map((kv) => kv.split('=')).filter(([k, v]) => k && v !== undefined));
+  } catch {
+    return {};
+  }
+})();
+const SHIPPED_ENV_TEXT = Object.entries(SHIPPED_ENV).map(([k, v]) => `${k}=${v}`).join(' ');
+const nodeEnv = (shipped, env = {}) => {
+  const out = { ...(shipped ? SHIPPED_ENV : {}), NODE_OPTIONS: '', ...env };
+  for (const [k, v] of Object.entries(out)) if (v === null) delete out[k];
+  return out;
+};
 
 // ---- tools -----------------------------------------------------------------------------------------------------
 function have(cmd) {
@@ -234,7 +254,7 @@ async function startSidecar({ name, dir, cpus, dist = DIST, nodeArgs = [], shipp
     cpus,
     cwd: dir,
     stdoutFile: logFile,
-    env: { LOG_FORMAT: 'json', NODE_OPTIONS: '', ...env },
+    env: { LOG_FORMAT: 'json', ...nodeEnv(shipped, env) },
   });
   const line = await Promise.race([
     waitFor(() => readFileSync(logFile, 'utf8').split('\n').find((l) => l.includes('"event":"listening"')), 20_000, `${name} listening`),
@@ -255,7 +275,7 @@ const waitStoreReady = (pods, timeoutMs = 10_000) =>
   Promise.all(pods.map((s) => waitFor(() => storeReady(s), timeoutMs, `${s.name} ready with the store connected`, 50)));
 
 async function startNodeTarget(name, script, env, nodeArgs = [], shipped = true) {
-  const p = startProcess(name, 'node', [...nodeArgv(shipped, nodeArgs), join(here, 'targets', script)], { cpus: '1', env: { NODE_OPTIONS: '', ...env } });
+  const p = startProcess(name, 'node', [...nodeArgv(shipped, nodeArgs), join(here, 'targets', script)], { cpus: '1', env: nodeEnv(shipped, env) });
   const { port } = await p.waitJson();
   return { proc: p, pid: p.pid, proxy: `http://127.0.0.1:${port}` };
 }
@@ -423,7 +443,7 @@ async function main() {
     /* keep */
   }
   const dir = tempDir();
-  log(`bench: ${QUICK ? 'quick' : 'full'} run, ${REPS} repetition(s) of ${SECONDS} s, Node targets with the shipped flags "${SHIPPED_FLAGS}"`);
+  log(`bench: ${QUICK ? 'quick' : 'full'} run, ${REPS} repetition(s) of ${SECONDS} s, Node targets with the shipped flags "${SHIPPED_FLAGS}" and environment "${SHIPPED_ENV_TEXT}"${PROTO_DIST ? `, prototype ${PROTO_DIST} with env ${JSON.stringify(PROTO_ENV)} and flags ${JSON.stringify(PROTO_ARGS)}` : ''}`);
 
   const upstream = await startUpstream();
   resilience.upstream = upstream;
@@ -431,7 +451,7 @@ async function main() {
   const redis = await startRedis();
   if (!redis) notes.push('redis-server is not installed: the Redis-store rows and the fleet test are skipped (apt-get install redis-server).');
 
-  const results = { versions, quick: QUICK, seconds: SECONDS, reps: REPS, nodeFlags: SHIPPED_FLAGS, notes, matrix: [], startup: [], fleet: [], steady: {}, tail: {}, disturb: disturbLog };
+  const results = { versions, quick: QUICK, seconds: SECONDS, reps: REPS, nodeFlags: SHIPPED_FLAGS, nodeEnv: SHIPPED_ENV_TEXT, notes, matrix: [], startup: [], fleet: [], steady: {}, tail: {}, disturb: disturbLog };
   const stats = { redone: 0, stillDisturbed: 0 };
 
   if (part('matrix')) await matrixPhase({ dir, upstream, idp, redis, results, stats, notes });
@@ -441,7 +461,7 @@ async function main() {
   if (part('dpop')) results.dpop = await dpopPhase({ dir, upstream, idp, stats });
   if (part('h2')) results.h2 = await h2Phase({ dir, idp, stats });
   if (part('routes')) {
-    const ctx = { dir, upstream: upstream.origin, tokenUrl: idp.tokenUrl, entry: entryOf(DIST), nodeArgs: SHIPPED_NODE_ARGS, httpGet, waitFor, median, log, quick: QUICK, seconds: SECONDS };
+    const ctx = { dir, upstream: upstream.origin, tokenUrl: idp.tokenUrl, entry: entryOf(DIST), nodeArgs: SHIPPED_NODE_ARGS, nodeEnv: nodeEnv(true), httpGet, waitFor, median, log, quick: QUICK, seconds: SECONDS };
     results.routes = await routeSweepPhase(ctx);
   }
   if (part('cluster64', flag('with-cluster64'))) {
@@ -580,7 +600,7 @@ async function matrixPhase({ dir, upstream, idp, redis, results, stats, notes })
     await with_(() => startSidecar({ name: 'sidecar-redis', ...common, store: { type: 'redis', url: redis.url, keyPrefix: 'bench:' } }), 'sidecar-redis', 'token-sidecar, Redis store', { product: true });
   }
   if (PROTO_DIST) {
-    await with_(() => startSidecar({ name: 'sidecar-proto', ...common, dist: resolve(PROTO_DIST) }), 'sidecar-proto', `token-sidecar prototype (${PROTO_DIST}), memory store`, { product: true, proto: true });
+    await with_(() => startSidecar({ name: 'sidecar-proto', ...common, dist: resolve(PROTO_DIST), env: PROTO_ENV, nodeArgs: PROTO_ARGS }), 'sidecar-proto', `token-sidecar prototype (${PROTO_DIST}), memory store`, { product: true, proto: true });
   }
   await with_(() => startNodeTarget('undici', 'undici-forwarder.mjs', { UPSTREAM: upstream.origin, PREFIX }), 'undici', 'undici forwarder (the bar)');
   for (const pkg of ['http-proxy', 'http-proxy-3']) {
@@ -819,7 +839,7 @@ async function startupPhase({ dir, upstream, idp, redis }) {
       const store = k.id === 'redis' ? { type: 'redis', url: redis.url, keyPrefix: `startup${i}:` } : undefined;
       writeFileSync(cfgFile, sidecarConfig({ upstream: upstream.origin, tokenUrl: idp.tokenUrl, store, listen: `127.0.0.1:${lp}`, admin: `127.0.0.1:${ap}`, warm: !!k.warm }));
       const t0 = performance.now();
-      const p = startProcess(name, 'node', [...SHIPPED_NODE_ARGS, entryOf(DIST), 'start', '--config', cfgFile], { cpus: '1', cwd: dir, stdoutFile: join(dir, `${name}.log`), env: { LOG_FORMAT: 'json', NODE_OPTIONS: '' } });
+      const p = startProcess(name, 'node', [...SHIPPED_NODE_ARGS, entryOf(DIST), 'start', '--config', cfgFile], { cpus: '1', cwd: dir, stdoutFile: join(dir, `${name}.log`), env: { LOG_FORMAT: 'json', ...nodeEnv(true) } });
       let ms;
       try {
         await waitFor(async () => (await httpGet(`http://127.0.0.1:${ap}/readyz`)).status === 200, 10_000, 'readyz');
@@ -1216,7 +1236,7 @@ function report(R) {
   L.push('');
   L.push(`${when} · ${osCpus().length} × ${osCpus()[0]?.model ?? 'CPU'} · Node ${R.versions.node} · undici ${R.versions.undici ?? '?'} · ${R.versions.wrk ?? 'no wrk'} · ${R.versions.nginx ?? 'no nginx'} · http-proxy ${R.versions['http-proxy'] ?? '–'} · http-proxy-3 ${R.versions['http-proxy-3'] ?? '–'}`);
   L.push('');
-  L.push(`Method: the proxy under test alone on CPU 1; wrk (1 thread), the upstream (a node:http server with canned answers), the token endpoint and Redis on CPU 0. ${R.reps} interleaved repetition(s) of ${R.seconds} s per point after a warm-up, medians reported (1-connection rows only for direct and the product: the goal there is added latency over direct; the peers' 1-connection tails are in the tail section). CPU = Δ(utime+stime) of the proxy's process tree from /proc per 10 000 requests; RSS idle right after start, peak sampled every 250 ms under load. Every Node proxy runs with the Node flags the product ships (Dockerfile ENTRYPOINT), on its node command line: \`${R.nodeFlags ?? R.nodeOptions}\`. token-sidecar runs as shipped: \`node dist/token-sidecar.mjs start\` (the bundle), JSON request logs (one line per request) to a file. A repetition is disturbed when other work (CPU of processes that are not the bench's, plus steal) exceeds ${DISTURBED_SHARE * 100} % of one core over it; it is redone up to ${MAX_REDO} times (at most ${REDO_BUDGET_S} s of redos per run), after waiting up to 10 s for the machine to calm down. **Redone: ${R.stats.redone}; still disturbed after redoing: ${R.stats.stillDisturbed}.** Total time ${Math.round(R.elapsedS)} s.`);
+  L.push(`Method: the proxy under test alone on CPU 1; wrk (1 thread), the upstream (a node:http server with canned answers), the token endpoint and Redis on CPU 0. ${R.reps} interleaved repetition(s) of ${R.seconds} s per point after a warm-up, medians reported (1-connection rows only for direct and the product: the goal there is added latency over direct; the peers' 1-connection tails are in the tail section). CPU = Δ(utime+stime) of the proxy's process tree from /proc per 10 000 requests; RSS idle right after start, peak sampled every 250 ms under load. Every Node proxy runs with the Node flags the product ships (Dockerfile ENTRYPOINT), on its node command line: \`${R.nodeFlags ?? R.nodeOptions}\`${R.nodeEnv ? `, and the environment the image sets (Dockerfile ENV): \`${R.nodeEnv}\`` : ''}. token-sidecar runs as shipped: \`node dist/token-sidecar.mjs start\` (the bundle), JSON request logs (one line per request) to a file. A repetition is disturbed when other work (CPU of processes that are not the bench's, plus steal) exceeds ${DISTURBED_SHARE * 100} % of one core over it; it is redone up to ${MAX_REDO} times (at most ${REDO_BUDGET_S} s of redos per run), after waiting up to 10 s for the machine to calm down. **Redone: ${R.stats.redone}; still disturbed after redoing: ${R.stats.stillDisturbed}.** Total time ${Math.round(R.elapsedS)} s.`);
   if (R.restarts?.length) L.push(`\n> Processes that died under the run (killed from outside or crashed) and were restarted, their repetitions redone: ${R.restarts.join(', ')}.`);
   for (const n of R.notes) L.push(`\n> ${n}`);
   L.push('');

@@ -5,6 +5,7 @@
 // files from pino's own folder, so it is resolved from node_modules as usual.
 import { rmSync } from 'node:fs';
 import { build } from 'esbuild';
+import { bundleTrims } from './bundle-trims.mjs';
 
 // Chunk names carry a content hash: without this, every build leaves the last one's chunks behind in the image.
 rmSync('dist/chunks', { recursive: true, force: true });
@@ -28,5 +29,6 @@ await build({
   // CommonJS dependencies call require() for Node's built-ins; an ES module has no require of its own.
   banner: { js: "import { createRequire as __tsCreateRequire } from 'node:module'; const require = __tsCreateRequire(import.meta.url);" },
   legalComments: 'none',
+  plugins: process.env.NO_TRIMS ? [] : [bundleTrims()],
   logLevel: 'warning',
 });

@@ -28,11 +28,11 @@ function sweepConfig({ n, upstream, tokenUrl, listen, admin, tag = 'a' }) {
 const countEvents = (file, event) => readFileSync(file, 'utf8').split('\n').filter((l) => l.includes(`"event":"${event}"`)).length;
 
 /**
- * ctx: { dir, upstream (origin), tokenUrl, entry, nodeArgs (the shipped flags), httpGet, waitFor, median, log, quick, seconds }.
+ * ctx: { dir, upstream (origin), tokenUrl, entry, nodeArgs (the shipped flags), nodeEnv (the shipped environment), httpGet, waitFor, median, log, quick, seconds }.
  * Returns one row per N.
  */
 export async function routeSweepPhase(ctx) {
-  const { dir, upstream, tokenUrl, entry, nodeArgs, httpGet, waitFor, median, log, quick, seconds } = ctx;
+  const { dir, upstream, tokenUrl, entry, nodeArgs, nodeEnv, httpGet, waitFor, median, log, quick, seconds } = ctx;
   const reps = quick ? 1 : 3; // starts per N, and reloads of the last one
   const out = [];
   for (const n of [1, 100, 1000]) {
@@ -46,7 +46,7 @@ export async function routeSweepPhase(ctx) {
       writeFileSync(cfgFile, sweepConfig({ n, upstream, tokenUrl, listen: `127.0.0.1:${lp}`, admin: `127.0.0.1:${ap}` }));
       writeFileSync(logFile, '');
       const t0 = performance.now();
-      p = startProcess(name, 'node', [...nodeArgs, entry, 'start', '--config', cfgFile], { cpus: '1', cwd: dir, stdoutFile: logFile, env: { LOG_FORMAT: 'json', NODE_OPTIONS: '', BENCH_CLIENT_SECRET: 'demo-secret' } });
+      p = startProcess(name, 'node', [...nodeArgs, entry, 'start', '--config', cfgFile], { cpus: '1', cwd: dir, stdoutFile: logFile, env: { LOG_FORMAT: 'json', ...nodeEnv, BENCH_CLIENT_SECRET: 'demo-secret' } });
       await waitFor(async () => (await httpGet(`http://127.0.0.1:${ap}/readyz`)).status === 200, 30_000, `${name} ready`);
       row.startMs.push(performance.now() - t0);
       if (i < reps - 1) {
