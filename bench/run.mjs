@@ -82,8 +82,8 @@ const SHIPPED_NODE_ARGS = (() => {
 const SHIPPED_FLAGS = SHIPPED_NODE_ARGS.join(' ');
 // NODE_OPTIONS cleared for every Node target, so the bench's own environment adds nothing.
 const nodeArgv = (shipped, nodeArgs) => [...(shipped ? SHIPPED_NODE_ARGS : []), ...nodeArgs];
-// The environment the image ships (the Dockerfile's ENV lines, glibc's malloc tunables among them): every Node target
-// gets it too, as with the flags. A value of null in `env` removes a shipped variable (--proto-env=NAME=).
+// The environment the image ships (the Dockerfile's ENV lines): every Node target gets it too, as with the flags, so a
+// runtime setting such as a glibc malloc tunable is measured on every peer alike. A value of null in `env` removes a shipped variable (--proto-env=NAME=).
 const SHIPPED_ENV = (() => {
   try {
     const lines = readFileSync(join(root, 'Dockerfile'), 'utf8').match(/^ENV\s+.+$/gm) ?? [];

@@ -15,23 +15,23 @@ module.exports = new Proxy({ constants }, {
 });
 `;
 
-/** zod's 48 translations of its error messages (~350 KB of the bundle's source, kept on the heap as source text for
+/** zod's 48 translations of its error messages (~290 KB of the bundle's source, kept on the heap as source text for
  * the process's life): config errors are reported in English only, which zod's own schemas.js loads by itself. */
 const zodLocales = `export { default as en } from '../locales/en.js';`;
 
-/** prom-client: the cluster aggregator (loads node:cluster, which loads dgram and child_process) and the Pushgateway
- * (node:https, zlib, url) are never used here; the rest of prom-client is untouched. */
+/** prom-client: the cluster aggregator and the Pushgateway (which requires node:https, zlib and url at load) are never
+ * used here; the rest of prom-client is untouched. (node:cluster itself is loaded anyway, by net.Server.listen.) */
 const unused = (what) => `module.exports = function unused() { throw new Error('${what} is not in the token-sidecar bundle'); };`;
 
 const TRIMS = [
-  { importer: /undici[\\/]lib[\\/]dispatcher[\\/]client-h2\.js$/, path: /^node:http2$/, contents: http2Shim, loader: 'js' },
-  { importer: /zod[\\/]v4[\\/](classic|core)[\\/][^\\/]+\.js$/, path: /^\.\.\/locales\/index\.js$/, contents: zodLocales, loader: 'js' },
-  { importer: /prom-client[\\/]index\.js$/, path: /^\.\/lib\/cluster$/, contents: unused('prom-client AggregatorRegistry'), loader: 'js' },
-  { importer: /prom-client[\\/]index\.js$/, path: /^\.\/lib\/pushgateway$/, contents: unused('prom-client Pushgateway'), loader: 'js' },
+  { importer: /undici[\\/]lib[\\/]dispatcher[\\/]client-h2\.js$/, path: /^node:http2$/, contents: http2Shim },
+  { importer: /zod[\\/]v4[\\/](classic|core)[\\/][^\\/]+\.js$/, path: /^\.\.\/locales\/index\.js$/, contents: zodLocales },
+  { importer: /prom-client[\\/]index\.js$/, path: /^\.\/lib\/cluster$/, contents: unused('prom-client AggregatorRegistry') },
+  { importer: /prom-client[\\/]index\.js$/, path: /^\.\/lib\/pushgateway$/, contents: unused('prom-client Pushgateway') },
 ];
 
-/** The esbuild plugin; `applied` records the trims that matched, so the build fails when a dependency moved and one no longer
- * matches (a silent no-op would bring the memory back). */
+/** The esbuild plugin; `applied` records the trims that matched, so the build fails when a dependency moved and one
+ * no longer matches (a silent no-op would bring the memory back). */
 export function bundleTrims() {
   const applied = new Set();
   return {
@@ -45,7 +45,7 @@ export function bundleTrims() {
       });
       build.onLoad({ filter: /.*/, namespace: 'token-sidecar-trim' }, (args) => {
         const t = TRIMS[Number(args.path.slice('trim-'.length))];
-        return { contents: t.contents, loader: t.loader, resolveDir: args.pluginData.resolveDir };
+        return { contents: t.contents, loader: 'js', resolveDir: args.pluginData.resolveDir };
       });
       build.onEnd((result) => {
         if (result.errors.length) return;

@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startFakeIdp, type FakeIdp } from '../../src/dev/fake-idp.js';
 import { makeCerts } from '../helpers/certs.js';
 import { startSidecarProcess, writeConfig, type SidecarProcess } from '../helpers/sidecar-process.js';
+import { waitUntil } from '../helpers/wait.js';
 
 const PROBE = resolve(import.meta.dirname, '../fixtures/builtins-probe.mjs');
 
@@ -24,12 +25,8 @@ describe('the shipped bundle loads node:http2 only when a route uses it', () => 
   async function builtins(): Promise<string[]> {
     const from = sidecar.lines.length;
     process.kill(sidecar.pid, 'SIGUSR2');
-    for (let i = 0; i < 100; i++) {
-      const line = sidecar.lines.slice(from).find((l) => l.includes('"event":"probe.builtins"'));
-      if (line) return (JSON.parse(line) as { builtins: string[] }).builtins;
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    throw new Error('the probe did not answer');
+    const line = await waitUntil(() => sidecar.lines.slice(from).find((l) => l.includes('"event":"probe.builtins"')), 2_000, 20, 'the probe');
+    return (JSON.parse(line) as { builtins: string[] }).builtins;
   }
 
   beforeAll(async () => {
