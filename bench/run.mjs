@@ -51,7 +51,8 @@ const PROTO_DIST = opt('proto');
 // --proto-env=NAME=VALUE[,…]: environment for the prototype only, over the shipped one (NAME= removes a shipped one).
 // --proto-args=FLAG[,…]: extra node flags for the prototype only (after the shipped ones).
 const PROTO_ARGS = opt('proto-args')?.split(',').filter(Boolean) ?? [];
-const PROTO_ENV = Object.fromEntries((opt('proto-env')?.split(',') ?? []).map((kv) => [kv.split('=')[0], kv.split('=').slice(1).join('=') || null]));
+// Split only at a comma that starts the next NAME=, so a value may hold commas (MALLOC_CONF=a:1,b:2).
+const PROTO_ENV = Object.fromEntries((opt('proto-env')?.split(/,(?=[A-Za-z_][A-Za-z0-9_]*=)/) ?? []).map((kv) => [kv.split('=')[0], kv.split('=').slice(1).join('=') || null]));
 const PROFILE = flag('profile');
 const DIST = resolve(opt('dist') ?? join(root, 'dist'));
 const PREFIX = '/bench';
@@ -83,16 +84,39 @@ const SHIPPED_FLAGS = SHIPPED_NODE_ARGS.join(' ');
 // NODE_OPTIONS cleared for every Node target, so the bench's own environment adds nothing.
 const nodeArgv = (shipped, nodeArgs) => [...(shipped ? SHIPPED_NODE_ARGS : []), ...nodeArgs];
 // The environment the image ships (the Dockerfile's ENV lines): every Node target gets it too, as with the flags, so a
-// runtime setting such as a glibc malloc tunable is measured on every peer alike. A value of null in `env` removes a shipped variable (--proto-env=NAME=).
-const SHIPPED_ENV = (() => {
+// runtime setting such as the image's allocator (LD_PRELOAD=jemalloc, MALLOC_CONF) is measured on every peer alike.
+// A value of null in `env` removes a shipped variable (--proto-env=NAME=).
+const IMAGE_ENV = (() => {
   try {
     const lines = readFileSync(join(root, 'Dockerfile'), 'utf8').match(/^ENV\s+.+$/gm) ?? [];
-    return Object.fromEntries(lines.flatMap((l) => l.replace(/^ENV\s+/, '').split(/\s+/)).map((kv) => kv.split('=')).filter(([k, v]) => k && v !== undefined));
+    const pairs = lines.flatMap((l) => l.replace(/^ENV\s+/, '').split(/\s+/)).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]);
+    return Object.fromEntries(pairs.filter(([k]) => k));
   } catch {
     return {};
   }
 })();
-const SHIPPED_ENV_TEXT = Object.entries(SHIPPED_ENV).map(([k, v]) => `${k}=${v}`).join(' ');
+/** Debian's package for a library the image preloads, so the bench can install the host's copy of it. */
+const PRELOAD_PACKAGES = { 'libjemalloc.so.2': 'libjemalloc2' };
+/** The host's copy of a library the image preloads (same file name in a multiarch or local lib dir), or undefined. */
+function hostLibrary(imagePath) {
+  const name = imagePath.split('/').pop();
+  const dirs = ['/usr/local/lib', '/usr/lib', ...['x86_64', 'aarch64'].map((a) => `/usr/lib/${a}-linux-gnu`)];
+  return dirs.map((d) => join(d, name)).find((f) => existsSync(f));
+}
+/** Filled by resolveShippedEnv() after the tools are installed: the image's ENV with LD_PRELOAD mapped to the host. */
+const SHIPPED_ENV = { ...IMAGE_ENV };
+let SHIPPED_ENV_TEXT = '';
+function resolveShippedEnv() {
+  if (IMAGE_ENV.LD_PRELOAD) {
+    const host = hostLibrary(IMAGE_ENV.LD_PRELOAD);
+    if (host) SHIPPED_ENV.LD_PRELOAD = host;
+    else {
+      delete SHIPPED_ENV.LD_PRELOAD;
+      log(`WARNING: the image preloads ${IMAGE_ENV.LD_PRELOAD}, not found on this machine: Node targets run on glibc malloc`);
+    }
+  }
+  SHIPPED_ENV_TEXT = Object.entries(SHIPPED_ENV).map(([k, v]) => `${k}=${v}`).join(' ');
+}
 const nodeEnv = (shipped, env = {}) => {
   const out = { ...(shipped ? SHIPPED_ENV : {}), NODE_OPTIONS: '', ...env };
   for (const [k, v] of Object.entries(out)) if (v === null) delete out[k];
@@ -110,7 +134,8 @@ function have(cmd) {
 }
 
 function ensureDebianPackages() {
-  const missing = ['wrk', 'nginx'].filter((c) => !have(c));
+  const preload = IMAGE_ENV.LD_PRELOAD && !hostLibrary(IMAGE_ENV.LD_PRELOAD) ? PRELOAD_PACKAGES[IMAGE_ENV.LD_PRELOAD.split('/').pop()] : undefined;
+  const missing = [...['wrk', 'nginx'].filter((c) => !have(c)), ...(preload ? [preload] : [])];
   if (!missing.length || flag('no-install')) return;
   const isRoot = process.getuid?.() === 0;
   if (!isRoot || !have('apt-get')) {
@@ -424,6 +449,7 @@ async function main() {
   }
   if (!existsSync(entryOf(DIST))) throw new Error(`${entryOf(DIST)} missing: run \`npm run build\` (npm run bench does)`);
   ensureDebianPackages();
+  resolveShippedEnv();
   const notes = [];
   if (!have('wrk')) {
     loadGen = 'node';
