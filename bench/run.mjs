@@ -640,8 +640,9 @@ async function matrixPhase({ dir, upstream, idp, redis, results, stats, notes })
   if (have('nginx')) await with_(() => startNginx(upstream.port), 'nginx', 'nginx, 1 worker');
   else notes.push('nginx is not installed: its rows are skipped (apt-get install nginx).');
 
-  // Idle RSS right after start, then a correctness check of every payload through every target.
-  await sleep(300);
+  // Idle RSS 3 s after the last target started (jemalloc, which the image preloads, purges what V8 freed after
+  // start-up 1-2 s later; bench/README.md, "The allocator"), then a correctness check of every payload through every target.
+  await sleep(3_000);
   for (const t of targets) t.idleRss = t.pid ? treeRss(treePids(t.pid)) : NaN;
   for (const t of targets) {
     for (const p of PAYLOADS) {
@@ -1262,7 +1263,7 @@ function report(R) {
   L.push('');
   L.push(`${when} · ${osCpus().length} × ${osCpus()[0]?.model ?? 'CPU'} · Node ${R.versions.node} · undici ${R.versions.undici ?? '?'} · ${R.versions.wrk ?? 'no wrk'} · ${R.versions.nginx ?? 'no nginx'} · http-proxy ${R.versions['http-proxy'] ?? '–'} · http-proxy-3 ${R.versions['http-proxy-3'] ?? '–'}`);
   L.push('');
-  L.push(`Method: the proxy under test alone on CPU 1; wrk (1 thread), the upstream (a node:http server with canned answers), the token endpoint and Redis on CPU 0. ${R.reps} interleaved repetition(s) of ${R.seconds} s per point after a warm-up, medians reported (1-connection rows only for direct and the product: the goal there is added latency over direct; the peers' 1-connection tails are in the tail section). CPU = Δ(utime+stime) of the proxy's process tree from /proc per 10 000 requests; RSS idle right after start, peak sampled every 250 ms under load. Every Node proxy runs with the Node flags the product ships (Dockerfile ENTRYPOINT), on its node command line: \`${R.nodeFlags ?? R.nodeOptions}\`${R.nodeEnv ? `, and the environment the image sets (Dockerfile ENV): \`${R.nodeEnv}\`` : ''}. token-sidecar runs as shipped: \`node dist/token-sidecar.mjs start\` (the bundle), JSON request logs (one line per request) to a file. A repetition is disturbed when other work (CPU of processes that are not the bench's, plus steal) exceeds ${DISTURBED_SHARE * 100} % of one core over it; it is redone up to ${MAX_REDO} times (at most ${REDO_BUDGET_S} s of redos per run), after waiting up to 10 s for the machine to calm down. **Redone: ${R.stats.redone}; still disturbed after redoing: ${R.stats.stillDisturbed}.** Total time ${Math.round(R.elapsedS)} s.`);
+  L.push(`Method: the proxy under test alone on CPU 1; wrk (1 thread), the upstream (a node:http server with canned answers), the token endpoint and Redis on CPU 0. ${R.reps} interleaved repetition(s) of ${R.seconds} s per point after a warm-up, medians reported (1-connection rows only for direct and the product: the goal there is added latency over direct; the peers' 1-connection tails are in the tail section). CPU = Δ(utime+stime) of the proxy's process tree from /proc per 10 000 requests; RSS idle 3 s after the targets started, peak sampled every 250 ms under load. Every Node proxy runs with the Node flags the product ships (Dockerfile ENTRYPOINT), on its node command line: \`${R.nodeFlags ?? R.nodeOptions}\`${R.nodeEnv ? `, and the environment the image sets (Dockerfile ENV): \`${R.nodeEnv}\`` : ''}. token-sidecar runs as shipped: \`node dist/token-sidecar.mjs start\` (the bundle), JSON request logs (one line per request) to a file. A repetition is disturbed when other work (CPU of processes that are not the bench's, plus steal) exceeds ${DISTURBED_SHARE * 100} % of one core over it; it is redone up to ${MAX_REDO} times (at most ${REDO_BUDGET_S} s of redos per run), after waiting up to 10 s for the machine to calm down. **Redone: ${R.stats.redone}; still disturbed after redoing: ${R.stats.stillDisturbed}.** Total time ${Math.round(R.elapsedS)} s.`);
   if (R.restarts?.length) L.push(`\n> Processes that died under the run (killed from outside or crashed) and were restarted, their repetitions redone: ${R.restarts.join(', ')}.`);
   for (const n of R.notes) L.push(`\n> ${n}`);
   L.push('');
