@@ -44,7 +44,8 @@ RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
 COPY --from=build /src/dist ./dist
 # jemalloc instead of glibc malloc (Debian's libjemalloc2, linked at a fixed path for every architecture): glibc kept
 # ~10 MB that V8 freed after compiling llhttp's WebAssembly in about half the starts (idle 67 or 77 MB); jemalloc with
-# MALLOC_CONF below returns freed pages within a second from a background thread (idle 66-68 MB in every start).
+# MALLOC_CONF below returns freed pages 1-2 s later from a background thread (idle 66-72 MB in every start, after a
+# start-up transient of up to ~113 MB).
 # bench/README.md, "The allocator".
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libjemalloc2 \

@@ -11,7 +11,7 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, truncateSync, writeFileSync, mkdirSync } from 'node:fs';
 import { cpus as osCpus } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { request as httpRequest } from 'node:http';
 import {
@@ -51,8 +51,10 @@ const PROTO_DIST = opt('proto');
 // --proto-env=NAME=VALUE[,…]: environment for the prototype only, over the shipped one (NAME= removes a shipped one).
 // --proto-args=FLAG[,…]: extra node flags for the prototype only (after the shipped ones).
 const PROTO_ARGS = opt('proto-args')?.split(',').filter(Boolean) ?? [];
+/** `NAME=VALUE` → [NAME, VALUE] (the value may hold `=`), or undefined for a word without `=`. */
+const assignment = (kv) => (kv.indexOf('=') > 0 ? [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)] : undefined);
 // Split only at a comma that starts the next NAME=, so a value may hold commas (MALLOC_CONF=a:1,b:2).
-const PROTO_ENV = Object.fromEntries((opt('proto-env')?.split(/,(?=[A-Za-z_][A-Za-z0-9_]*=)/) ?? []).map((kv) => [kv.split('=')[0], kv.split('=').slice(1).join('=') || null]));
+const PROTO_ENV = Object.fromEntries((opt('proto-env')?.split(/,(?=[A-Za-z_][A-Za-z0-9_]*=)/) ?? []).map(assignment).filter(Boolean).map(([k, v]) => [k, v || null]));
 const PROFILE = flag('profile');
 const DIST = resolve(opt('dist') ?? join(root, 'dist'));
 const PREFIX = '/bench';
@@ -89,8 +91,7 @@ const nodeArgv = (shipped, nodeArgs) => [...(shipped ? SHIPPED_NODE_ARGS : []), 
 const IMAGE_ENV = (() => {
   try {
     const lines = readFileSync(join(root, 'Dockerfile'), 'utf8').match(/^ENV\s+.+$/gm) ?? [];
-    const pairs = lines.flatMap((l) => l.replace(/^ENV\s+/, '').split(/\s+/)).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]);
-    return Object.fromEntries(pairs.filter(([k]) => k));
+    return Object.fromEntries(lines.flatMap((l) => l.replace(/^ENV\s+/, '').split(/\s+/)).map(assignment).filter(Boolean));
   } catch {
     return {};
   }
@@ -99,9 +100,8 @@ const IMAGE_ENV = (() => {
 const PRELOAD_PACKAGES = { 'libjemalloc.so.2': 'libjemalloc2' };
 /** The host's copy of a library the image preloads (same file name in a multiarch or local lib dir), or undefined. */
 function hostLibrary(imagePath) {
-  const name = imagePath.split('/').pop();
   const dirs = ['/usr/local/lib', '/usr/lib', ...['x86_64', 'aarch64'].map((a) => `/usr/lib/${a}-linux-gnu`)];
-  return dirs.map((d) => join(d, name)).find((f) => existsSync(f));
+  return dirs.map((d) => join(d, basename(imagePath))).find((f) => existsSync(f));
 }
 /** Filled by resolveShippedEnv() after the tools are installed: the image's ENV with LD_PRELOAD mapped to the host. */
 const SHIPPED_ENV = { ...IMAGE_ENV };
@@ -134,7 +134,7 @@ function have(cmd) {
 }
 
 function ensureDebianPackages() {
-  const preload = IMAGE_ENV.LD_PRELOAD && !hostLibrary(IMAGE_ENV.LD_PRELOAD) ? PRELOAD_PACKAGES[IMAGE_ENV.LD_PRELOAD.split('/').pop()] : undefined;
+  const preload = IMAGE_ENV.LD_PRELOAD && !hostLibrary(IMAGE_ENV.LD_PRELOAD) ? PRELOAD_PACKAGES[basename(IMAGE_ENV.LD_PRELOAD)] : undefined;
   const missing = [...['wrk', 'nginx'].filter((c) => !have(c)), ...(preload ? [preload] : [])];
   if (!missing.length || flag('no-install')) return;
   const isRoot = process.getuid?.() === 0;

@@ -90,8 +90,9 @@ export const injectSettingsSchema = z
     allowImageOverride: z.boolean().default(false),
     /**
      * Modest defaults: with the image's --max-semi-space-size=2 and jemalloc the sidecar idles at 66–72 MB RSS
-     * (up to ~113 MB for the first 1–2 s after start) and peaked at 80–84 MB under load (bench/README.md). No CPU limit by default: CFS throttling adds latency
-     * to every proxied request, and the request already reserves the sidecar's share.
+     * (up to ~113 MB for the first 1–2 s after start) and peaked at 80–84 MB under load (bench/README.md). No CPU
+     * limit by default: CFS throttling adds latency to every proxied request, and the request already reserves the
+     * sidecar's share.
      */
     resources: z
       .object({
